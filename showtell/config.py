@@ -1,0 +1,68 @@
+"""Frozen configuration dataclasses, one per concern.
+
+Each checkpoint stores ``dataclasses.asdict`` of all three, so a checkpoint
+file alone rebuilds the model and says how it was trained: no hyperparameter is
+declared twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder and decoder architecture."""
+
+    encoder: str = "efficientnet_lite0"  # see showtell.encoders.ENCODERS
+    decoder: str = "show_tell"  # "show_tell" (NIC) or "show_attend_tell"
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512  # show_attend_tell only
+    num_layers: int = 1  # show_tell only
+    dropout: float = 0.5
+    fine_tune_encoder: bool = False  # train the encoder's last stage too
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the captions and images come from and how text becomes tokens."""
+
+    dataset: str = "flickr8k"  # flickr8k | coco | karpathy
+    data_root: str = "../shared/data/flickr8k"
+    image_root: str = ""  # coco/karpathy: folder the image paths are relative to
+    annotations: str = ""  # coco: captions_train2017.json; karpathy: dataset_*.json
+    val_annotations: str = ""  # coco: captions_val2017.json (its images are the val split)
+    val_image_root: str = ""  # coco: folder of the val images (default: image_root)
+    train_split: str = "train"
+    val_split: str = "val"
+    min_word_count: int = 5
+    max_caption_len: int = 40  # words; longer training captions are truncated
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, evaluation and bookkeeping for one training run."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    lr_decay: float = 0.8  # multiply the learning rate by this ...
+    lr_decay_every: int = 3  # ... every this many epochs
+    early_stop_patience: int = 4  # epochs without a better val BLEU-4
+    val_max_images: int = 0  # 0 = the whole val split
+    max_decode_len: int = 20
+    seed: int = 0
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of epoch only
+    amp: bool = True  # mixed precision, used only on CUDA
+
+
+def config_from_dict(cls: type, values: dict[str, Any]):
+    """Rebuild a config dataclass from ``asdict`` output, ignoring unknown keys
+    (so an older checkpoint still loads after a field is removed)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})

@@ -1,0 +1,112 @@
+"""Caption decoders.
+
+- :class:`ShowTellDecoder`: O. Vinyals, A. Toshev, S. Bengio, D. Erhan,
+  "Show and Tell: A Neural Image Caption Generator", CVPR 2015 (NIC). The image
+  embedding is the LSTM's first input; word embeddings follow.
+- :class:`ShowAttendTellDecoder`: K. Xu et al., "Show, Attend and Tell: Neural
+  Image Caption Generation with Visual Attention", ICML 2015 (soft attention
+  over the encoder's spatial map, with the gating scalar beta).
+
+Both share one interface, used by training, greedy decoding and beam search:
+- ``forward(features, captions)``: teacher-forced logits;
+- ``init_state(features)`` then ``step(tokens, state)``: one word at a time,
+  the state carried along (every state tensor has the batch on dim 0, so
+  beam search reorders it with ``index_select(0, ...)``).
+``feature_kind`` says which cached features a decoder reads: the pooled
+vector (B, C) or the spatial map (B, P, C).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+State = tuple[torch.Tensor, ...]
+
+
+class ShowTellDecoder(nn.Module):
+    feature_kind = "pooled"
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, feature_dim: int):
+        super().__init__()
+        self.image_embed = nn.Linear(feature_dim, cfg.embed_dim)
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_dim, num_layers=cfg.num_layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.hidden_dim, vocab_size)
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """features (B, C), captions (B, T) = <start> w1 .. <end> <pad>..
+        -> logits (B, T-1, V) predicting captions[:, 1:]."""
+        img = self.image_embed(features).unsqueeze(1)  # (B, 1, E)
+        words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
+        # No dropout on the image step: it is the only view of the photo the LSTM gets.
+        out, _ = self.lstm(torch.cat([img, words], dim=1))  # (B, T, H)
+        return self.out(self.dropout(out[:, 1:]))  # the image step predicts nothing
+
+    def init_state(self, features: torch.Tensor) -> State:
+        _, (h, c) = self.lstm(self.image_embed(features).unsqueeze(1))  # (L, B, H) each
+        return h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous()  # (B, L, H)
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B,) -> logits (B, V) for the next word, and the new state."""
+        h, c = (s.transpose(0, 1).contiguous() for s in state)
+        out, (h, c) = self.lstm(self.embed(tokens).unsqueeze(1), (h, c))
+        return self.out(out[:, 0]), (h.transpose(0, 1), c.transpose(0, 1))
+
+
+class ShowAttendTellDecoder(nn.Module):
+    feature_kind = "spatial"
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, feature_dim: int):
+        super().__init__()
+        d, h, a = cfg.embed_dim, cfg.hidden_dim, cfg.attention_dim
+        self.feature_proj = nn.Sequential(nn.Linear(feature_dim, d), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.att_features = nn.Linear(d, a)
+        self.att_hidden = nn.Linear(h, a)
+        self.att_score = nn.Linear(a, 1)
+        self.gate = nn.Linear(h, d)
+        self.init_h = nn.Linear(d, h)
+        self.init_c = nn.Linear(d, h)
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
+        self.cell = nn.LSTMCell(cfg.embed_dim + d, h)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(h, vocab_size)
+
+    def init_state(self, features: torch.Tensor) -> State:
+        """features (B, P, C) -> (h, c, projected features (B, P, D), attention keys (B, P, A))."""
+        feats = self.feature_proj(features)
+        mean = feats.mean(dim=1)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), feats, self.att_features(feats)
+
+    def _attend(self, h, feats, keys):
+        scores = self.att_score(torch.tanh(keys + self.att_hidden(h).unsqueeze(1))).squeeze(2)  # (B, P)
+        alpha = scores.softmax(dim=1)
+        context = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, D)
+        return torch.sigmoid(self.gate(h)) * context, alpha
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, c, feats, keys = state
+        context, _ = self._attend(h, feats, keys)
+        h, c = self.cell(torch.cat([self.embed(tokens), context], dim=1), (h, c))
+        return self.out(self.dropout(h)), (h, c, feats, keys)
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """features (B, P, C), captions (B, T) -> logits (B, T-1, V)."""
+        state = self.init_state(features)
+        logits = []
+        for t in range(captions.size(1) - 1):
+            step_logits, state = self.step(captions[:, t], state)
+            logits.append(step_logits)
+        return torch.stack(logits, dim=1)
+
+
+DECODERS = {"show_tell": ShowTellDecoder, "show_attend_tell": ShowAttendTellDecoder}
+
+
+def build_decoder(cfg: ModelConfig, vocab_size: int, feature_dim: int) -> nn.Module:
+    if cfg.decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {cfg.decoder!r}; choose one of {sorted(DECODERS)}")
+    return DECODERS[cfg.decoder](cfg, vocab_size, feature_dim)

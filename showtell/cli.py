@@ -125,9 +125,82 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def get_caption_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m showtell caption", description="Caption photos.")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--checkpoint", default=None, help="a trained model (default: the bundled one)")
+    p.add_argument("--beam-size", type=int, default=3)
+    p.add_argument("--n-best", type=int, default=1, help="captions per image")
+    p.add_argument("--max-len", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def caption_main(argv: Sequence[str] | None = None) -> int:
+    """Captions every readable image; a bad file is reported and the rest still
+    captioned; the exit status is 1 if any image failed."""
+    args = get_caption_parser().parse_args(argv)
+    from .captioner import Captioner
+    from .images import ImageError
+
+    try:
+        captioner = Captioner(args.checkpoint, device=args.device)
+        results = captioner.caption_each(args.images, beam_size=args.beam_size, n_best=args.n_best,
+                                         max_len=args.max_len)
+    except ValueError as e:  # bad options or checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path, result in zip(args.images, results):
+        if isinstance(result, ImageError):
+            failed += 1
+            if args.json:
+                print(json.dumps({"image": path, "error": str(result)}))
+            else:
+                print(f"error: {result}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"image": path, "captions": [{"caption": c.text, "logprob": round(c.logprob, 4),
+                                                           "score": round(c.score, 4)} for c in result]}))
+        elif args.n_best == 1:
+            print(f"{path}\t{result[0].text}")
+        else:
+            for c in result:
+                print(f"{path}\t{c.logprob:.3f}\t{c.text}")
+    return 1 if failed else 0
+
+
+def get_export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m showtell export",
+                                description="Strip a checkpoint to the model alone (no optimizer), optionally in fp16.")
+    p.add_argument("checkpoint")
+    p.add_argument("output")
+    p.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
+    return p
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    args = get_export_parser().parse_args(argv)
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import TrainConfig, config_from_dict
+    from .model import CaptionModel
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model = CaptionModel.from_checkpoint(ckpt)
+    out = model.checkpoint(config_from_dict(DataConfig, ckpt["data_config"]),
+                           config_from_dict(TrainConfig, ckpt["train_config"]), half=args.fp16)
+    for key in ("val_scores",):
+        if key in ckpt:
+            out[key] = ckpt[key]
+    save_checkpoint(out, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"evaluate": evaluate_main, "train": train_main}
+    commands = {"caption": caption_main, "evaluate": evaluate_main, "export": export_main, "train": train_main}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m showtell {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

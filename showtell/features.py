@@ -128,7 +128,8 @@ class FeatureCache:
         if num_workers is None:
             num_workers = min(2, os.cpu_count() or 1)
         loader = DataLoader(ImageTensors(items, encoder.preprocessing), batch_size=batch_size,
-                            num_workers=num_workers, collate_fn=collate_images)
+                            num_workers=num_workers, collate_fn=collate_images,
+                            generator=torch.Generator())  # leave the global RNG (training's) untouched
         n = len(items)
         pooled = spatial = None
         row_of = np.full(n, -1, dtype=np.int64)  # item index -> row among readable images

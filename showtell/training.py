@@ -99,6 +99,13 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _write_log(path: str, history: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(rec) + "\n" for rec in history)
+    os.replace(tmp, path)
+
+
 def _log_line(rec: dict) -> str:
     val = " ".join(f"{rec[f'val_bleu{n}']:.1f}" for n in range(1, 5))
     return (f"epoch {rec['epoch']}/{rec['epochs']}  loss {rec['train_loss']:.3f}  val BLEU-1..4 {val}  "
@@ -208,7 +215,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         start = state["step"]  # > 0 when resuming mid-epoch
         if fine_tune:
             source = iter(DataLoader(_BatchImages(batches[start:], image_of, kept_train, model.preprocessing),
-                                     batch_size=None, num_workers=min(2, os.cpu_count() or 1)))
+                                     batch_size=None, num_workers=min(2, os.cpu_count() or 1),
+                                     generator=torch.Generator()))
         skipped = 0
         bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
                    unit="batch", disable=not progress, leave=False)
@@ -263,8 +271,6 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                "train_seconds": train_seconds, "seconds": time.time() - t_epoch}
         state["history"].append(rec)
         log(_log_line(rec))
-        with open(os.path.join(out_dir, "log.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
         state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)
         if scores["bleu4"] > state["best_score"]:
             state.update(best_score=scores["bleu4"], best_epoch=epoch + 1, bad_epochs=0)
@@ -279,6 +285,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if state["epoch"] >= train_cfg.epochs:
             state["finished"] = True
         save_last()
+        _write_log(os.path.join(out_dir, "log.jsonl"), state["history"])  # matches last.pt, even after a kill
         if state["finished"]:
             break
     log(f"best val BLEU-4 {state['best_score']:.2f} at epoch {state['best_epoch']}; model in {best_path}")

@@ -1,0 +1,125 @@
+"""Captioning photos with a trained model: :class:`Captioner` (load once, call
+many times) and :func:`caption`, which uses the model bundled with showtell."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import replace
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+from .decoding import DecodeOptions, beam_search
+from .images import ImageError, load_image
+from .model import CaptionModel
+
+BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
+
+
+class ScoredCaption(NamedTuple):
+    text: str
+    logprob: float  # sum of the model's log-probabilities of the words (and <end>)
+    score: float  # what captions were ranked by (length-normalised logprob)
+
+
+def _is_single(images: Any) -> bool:
+    return not isinstance(images, (list, tuple))
+
+
+class Captioner:
+    """A captioning model loaded once.
+
+    >>> captioner = Captioner()                  # the bundled model
+    >>> captioner("photo.jpg")                   # 'a dog runs through the grass'
+    >>> captioner(["a.jpg", "b.jpg"], n_best=3)  # [[ScoredCaption, ...], [...]]
+    """
+
+    def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 16):
+        self.checkpoint = checkpoint or BUNDLED_MODEL
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = CaptionModel.from_checkpoint(self.checkpoint, device=self.device)
+        self.encoder = self.model.encoder.for_inference().to(self.device)
+        self.vocab = self.model.vocab
+        self.preprocessing = self.model.preprocessing
+        self.batch_size = batch_size
+        self.defaults = DecodeOptions(beam_size=3, n_best=1, max_len=20)
+
+    def options(self, **overrides) -> DecodeOptions:
+        """Decoding options: the defaults with ``overrides`` applied (validated)."""
+        unknown = set(overrides) - set(DecodeOptions.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown decoding option(s): {sorted(unknown)}")
+        if "beam_size" in overrides and "n_best" not in overrides:
+            overrides["n_best"] = min(self.defaults.n_best, overrides["beam_size"])
+        return replace(self.defaults, **overrides)
+
+    @torch.inference_mode()
+    def caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:
+        """n-best captions for a batch of preprocessed images (B, 3, H, W)."""
+        x = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
+        feats = self.model.decoder_input(self.encoder(x).float())
+        hyps = beam_search(self.model.decoder, feats, opts, self.vocab.end_id, self.vocab.start_id, self.vocab.unk_id)
+        return [[ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score) for h in per_image]
+                for per_image in hyps]
+
+    def caption_each(self, images: Sequence[Any], **options) -> list[list[ScoredCaption] | ImageError]:
+        """n-best captions for each image, or the :class:`ImageError` of an image
+        that cannot be read; one bad image never stops the others."""
+        opts = self.options(**options)
+        results: list[list[ScoredCaption] | ImageError] = [None] * len(images)  # type: ignore[list-item]
+        for start in range(0, len(images), self.batch_size):
+            chunk = range(start, min(start + self.batch_size, len(images)))
+            ok, pixels = [], []
+            for i in chunk:
+                try:
+                    pixels.append(self.preprocessing(load_image(images[i])))
+                    ok.append(i)
+                except ImageError as e:
+                    results[i] = e
+            if ok:
+                for i, caps in zip(ok, self.caption_tensors(torch.stack(pixels), opts)):
+                    results[i] = caps
+        return results
+
+    def __call__(self, images: Any, **options):
+        """Caption one image (path, bytes, ``PIL.Image`` or numpy array) or a list
+        of them. Returns a string, or with ``n_best=k > 1`` a list of k
+        :class:`ScoredCaption`; for a list input, a list of those.
+        Raises :class:`ImageError` for an image that cannot be read."""
+        single = _is_single(images)
+        batch = [images] if single else list(images)
+        results = self.caption_each(batch, **options)
+        for r in results:
+            if isinstance(r, ImageError):
+                raise r
+        n_best = self.options(**options).n_best
+        out = [r[0].text if n_best == 1 else r for r in results]
+        return out[0] if single else out
+
+
+_loaded: dict[tuple[str, str | None], Captioner] = {}
+_lock = threading.Lock()
+
+
+def get_captioner(checkpoint: str | None = None, device: str | None = None) -> Captioner:
+    """The process-wide :class:`Captioner` for ``checkpoint`` (loaded on first use)."""
+    key = (os.path.abspath(checkpoint or BUNDLED_MODEL), device)
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = Captioner(checkpoint, device=device)
+        return _loaded[key]
+
+
+def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str | None = None, **options):
+    """Caption a photo with the bundled model (or ``checkpoint``):
+
+    >>> from showtell import caption
+    >>> caption("photo.jpg")
+    'a black dog is running through the grass'
+
+    ``images`` is a path, raw bytes, a ``PIL.Image``, a numpy array, or a list of
+    these (then a list comes back). ``n_best=k`` returns k :class:`ScoredCaption`.
+    Other options: ``max_len``, ``min_len``, ``length_penalty``,
+    ``block_repeat_trigrams``, ``block_repeat_words``, ``ban_unk``.
+    """
+    return get_captioner(checkpoint)(images, beam_size=beam_size, n_best=n_best, **options)

@@ -1,0 +1,84 @@
+"""A training run killed with SIGKILL and restarted with --resume finishes its
+planned epochs and ends with the same model as a run never interrupted."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from showtell.checkpoint import load_checkpoint
+from showtell.cli import get_train_parser, _config_from_args
+from showtell.config import DataConfig, ModelConfig, TrainConfig
+from showtell.datasets import read_flickr8k
+from showtell.training import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 25
+
+
+def _karpathy_file(tmp_path, flickr8k_root):
+    """A tiny dataset in Karpathy's schema over real Flickr8k photos."""
+    train_items = read_flickr8k(flickr8k_root, "train")[:12]
+    val_items = read_flickr8k(flickr8k_root, "val")[:4]
+    images = [{"filename": it.image_id, "split": split, "imgid": i,
+               "sentences": [{"raw": c, "tokens": c.lower().split()} for c in it.captions]}
+              for i, (split, it) in enumerate([("train", x) for x in train_items] + [("val", x) for x in val_items])]
+    path = tmp_path / "dataset_flickr8k.json"
+    path.write_text(json.dumps({"dataset": "flickr8k", "images": images}))
+    return str(path)
+
+
+def _args(annotations, flickr8k_root, out, cache):
+    return ["--out", str(out), "--cache-dir", str(cache), "--no-progress",
+            "--dataset", "karpathy", "--annotations", annotations, "--image-root", os.path.join(flickr8k_root, "Images"),
+            "--encoder", "resnet18", "--encoder-weights", "none", "--embed-dim", "16", "--hidden-dim", "16",
+            "--min-word-count", "1", "--epochs", str(EPOCHS), "--batch-size", "8", "--checkpoint-every", "1",
+            "--early-stop-patience", "1000", "--max-decode-len", "8"]
+
+
+def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path, flickr8k_root):
+    ann = _karpathy_file(tmp_path, flickr8k_root)
+    cache = tmp_path / "cache"
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py")] + _args(ann, flickr8k_root, killed, cache)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = killed / "last.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if last.exists():
+                t = load_checkpoint(str(last))["training"]
+                if t["epoch"] >= 3 and t["step"] > 0:  # mid-epoch, a few epochs in
+                    break
+            assert proc.poll() is None, "training ended before it could be killed:\n" + proc.stdout.read().decode()
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no mid-epoch checkpoint appeared in 120 s")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = load_checkpoint(str(last))["training"]
+    assert at_kill["epoch"] < EPOCHS
+
+    out = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming from" in out.stdout
+    final = load_checkpoint(str(last))
+    assert final["training"]["epoch"] == EPOCHS and final["training"]["finished"]
+    log = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(1, EPOCHS + 1))  # each epoch once, none lost
+
+    # The same run without interruption, in-process, ends with identical weights.
+    args = get_train_parser().parse_args(_args(ann, flickr8k_root, tmp_path / "straight", cache))
+    train(_config_from_args(ModelConfig, args), _config_from_args(DataConfig, args),
+          _config_from_args(TrainConfig, args), str(tmp_path / "straight"), encoder_weights=None,
+          cache_dir=str(cache), progress=False, log=lambda s: None)
+    straight = load_checkpoint(str(tmp_path / "straight" / "last.pt"))
+    for k, v in straight["decoder"].items():
+        assert torch.allclose(v, final["decoder"][k], atol=1e-6), k
+    assert [r["train_loss"] for r in log] == [r["train_loss"] for r in straight["training"]["history"]]

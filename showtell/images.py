@@ -129,7 +129,7 @@ def load_image(source: Any) -> Image.Image:
             raise ImageError(f"{path}: cannot be read ({e.strerror})") from e
         img = _open_bytes(data, str(path))
     else:
-        raise ImageError(f"cannot caption a {type(source).__name__}: give a path, bytes, "
+        raise ImageError(f"cannot caption an object of type {type(source).__name__}: give a path, bytes, "
                          "a PIL.Image or a numpy array")
     try:
         return to_rgb(img)

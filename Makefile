@@ -1,0 +1,35 @@
+# Two commands (see README): `make run` starts the web UI on the bundled model,
+# `make test` runs the test suite. Both create .venv first when needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test train setup browser clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The browser test drives Debian's Chromium (Playwright downloads no browser).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+
+run: $(STAMP)
+	$(PY) app.py
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q tests
+
+# Train and evaluate the NIC model on Flickr8k (the figures in the README).
+train: $(STAMP)
+	$(PY) train.py --dataset flickr8k --data-root ../shared/data/flickr8k --out runs/flickr8k --test
+
+clean:
+	rm -rf $(VENV)

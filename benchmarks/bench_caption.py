@@ -1,0 +1,66 @@
+"""Captioning speed of the bundled model (or --checkpoint) on the CPU:
+
+1. load time of the model;
+2. per-image time over the 1,000 Flickr8k test photos: one batched call
+   against one call per photo (the batched path should be >= 3x faster);
+3. single-photo latency of caption() at beam 3 against the encoder's
+   forward pass alone (medians).
+
+    python benchmarks/bench_caption.py [--checkpoint model.pt] [--photos 1000]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from _common import FLICKR8K, machine
+
+from showtell.captioner import Captioner
+from showtell.datasets import read_flickr8k
+from showtell.images import load_image
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--photos", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data-root", default=FLICKR8K)
+    args = p.parse_args()
+    print(f"machine: {machine()}")
+
+    t = time.perf_counter()
+    cap = Captioner(args.checkpoint, batch_size=args.batch_size)
+    print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s)")
+    paths = [it.path for it in read_flickr8k(args.data_root, "test")[:args.photos]]
+    cap(paths[:4])  # warm-up
+
+    t = time.perf_counter()
+    batched = cap(paths, beam_size=3)
+    per_batched = (time.perf_counter() - t) / len(paths)
+    t = time.perf_counter()
+    single = [cap(path, beam_size=3) for path in paths]
+    per_single = (time.perf_counter() - t) / len(paths)
+    same = sum(a == b for a, b in zip(batched, single))
+    print(f"{len(paths)} test photos, beam 3: batched {1000 * per_batched:.1f} ms/photo, "
+          f"one call per photo {1000 * per_single:.1f} ms/photo, ratio {per_single / per_batched:.2f}x "
+          f"(target >= 3x); identical captions {same}/{len(paths)}")
+
+    photo = paths[0]
+    lat, enc = [], []
+    x = cap.preprocessing(load_image(photo)).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    for _ in range(30):
+        t = time.perf_counter()
+        cap(photo, beam_size=3)
+        lat.append(time.perf_counter() - t)
+        with torch.inference_mode():
+            t = time.perf_counter()
+            cap.encoder(x)
+            enc.append(time.perf_counter() - t)
+    m_lat, m_enc = statistics.median(lat), statistics.median(enc)
+    print(f"single photo: caption() beam 3 median {1000 * m_lat:.1f} ms, encoder forward alone median "
+          f"{1000 * m_enc:.1f} ms, ratio {m_lat / m_enc:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

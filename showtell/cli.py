@@ -90,6 +90,8 @@ def get_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None)
     p.add_argument("--val-annotations", default=None)
     p.add_argument("--output", default=None, help="write [{image_id, caption}] JSON here")
+    p.add_argument("--show", type=int, default=0, metavar="N",
+                   help="print the captions of the first N images beside their first reference")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -119,7 +121,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     # The same decoding options caption() uses by default, so the figures are what users get.
     opts = DecodeOptions(beam_size=args.beam_size, max_len=args.max_len)
     scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
-                            device=device, progress=not args.no_progress, captions_out=args.output)
+                            device=device, progress=not args.no_progress, captions_out=args.output,
+                            examples=args.show)
+    for image_id, ours, reference in scores.pop("examples", []):
+        print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
                       **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}))
     return 0

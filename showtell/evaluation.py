@@ -84,12 +84,16 @@ def split_features(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 
 def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   captions_out: str | None = None) -> dict[str, float]:
-    """BLEU-1..4 of the model's captions for ``items``; optionally writes them as JSON."""
+                   captions_out: str | None = None, examples: int = 0) -> dict:
+    """BLEU-1..4 of the model's captions for ``items``, and the number of images
+    scored; optionally writes the captions as JSON, and returns the first
+    ``examples`` as (image id, caption, first reference) under "examples"."""
     kept, feats = split_features(model, dataset, items, cache, split, device=device, progress=progress)
     captions = decode_features(model, feats, opts, device=device)
     if captions_out:
         write_captions(captions_out, kept, captions)
-    scores = score_captions(kept, captions)
+    scores: dict = score_captions(kept, captions)
     scores["images"] = len(kept)
+    if examples:
+        scores["examples"] = [(it.image_id, " ".join(c), it.captions[0]) for it, c in zip(kept, captions)][:examples]
     return scores

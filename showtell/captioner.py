@@ -49,8 +49,6 @@ class Captioner:
         unknown = set(overrides) - set(DecodeOptions.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown decoding option(s): {sorted(unknown)}")
-        if "beam_size" in overrides and "n_best" not in overrides:
-            overrides["n_best"] = min(self.defaults.n_best, overrides["beam_size"])
         return replace(self.defaults, **overrides)
 
     @torch.inference_mode()

@@ -82,3 +82,23 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path, flickr8k_roo
     for k, v in straight["decoder"].items():
         assert torch.allclose(v, final["decoder"][k], atol=1e-6), k
     assert [r["train_loss"] for r in log] == [r["train_loss"] for r in straight["training"]["history"]]
+
+
+def test_fine_tuning_trains_only_the_encoders_last_stage(tmp_path, flickr8k_root):
+    ann = _karpathy_file(tmp_path, flickr8k_root)
+    args = _args(ann, flickr8k_root, tmp_path / "ft", tmp_path / "cache")
+    args[args.index("--epochs") + 1] = "1"
+    args = get_train_parser().parse_args(args + ["--fine-tune-encoder", "--checkpoint-every", "0"])
+    torch.manual_seed(0)
+    from showtell.encoders import build_encoder
+
+    before = build_encoder("resnet18", weights=None).state_dict()  # what train() builds with seed 0
+    train(_config_from_args(ModelConfig, args), _config_from_args(DataConfig, args),
+          _config_from_args(TrainConfig, args), str(tmp_path / "ft"), encoder_weights=None,
+          cache_dir=str(tmp_path / "cache"), progress=False, log=lambda s: None)
+    after = load_checkpoint(str(tmp_path / "ft" / "best.pt"))["encoder"]
+    changed = {k.split(".")[1] for k, v in after.items()
+               if v.is_floating_point() and not torch.equal(v, before[k])}
+    assert changed == {"7"}  # body index 7 is layer4, the last stage
+    assert not (tmp_path / "cache" / "features").exists() or not any(
+        "train" in d for d in os.listdir(tmp_path / "cache" / "features"))  # no stale cache of a changing encoder

@@ -38,12 +38,25 @@ DEFAULT_CAPTIONS = 3
 MAX_BEAM = 10
 MAX_CAPTIONS = 5
 DEFAULT_MAX_FILE_SIZE = "10mb"
-# Requests captioned at the same time (all caption events share this limit).
-# On 2 cores, 2 overlapping requests gave the best latency under load: one
-# request alone does not keep both cores busy (beam search is many small
-# steps), and 2 at a time kept the 8-client median near that of one client
-# plus queueing; more than 2 only made each request slower
-# (benchmarks/bench_app.py). Override with --concurrency / SHOWTELL_CONCURRENCY.
+# Caption requests served at the same time (the button, the examples and the
+# API share this one limit), each with cores // concurrency torch threads (set
+# by app.py, see threads_per_request). Measured with benchmarks/bench_app.py
+# on 2 cores while another process was training:
+# * torch threads matter most: 2 threads per request next to a busy process
+#   took ~2 s per caption (OpenMP threads spinning against each other), 1 thread
+#   took ~65 ms. So a request gets 1 thread and 2 requests run in parallel to
+#   use both cores; the model is loaded once and shared (forward passes in
+#   inference mode are thread-safe).
+# * with 8 concurrent clients, concurrency 1, 2 and 4 gave the same median
+#   (~1.0-1.05 s) and throughput (7.2-7.7 req/s): what is left is Gradio's and
+#   the clients' own overhead (~100 ms per call with a no-op model; gradio_client
+#   polls for results every 50 ms).
+# * no batching (batch=True): one batch of 4 images costs ~29 ms of compute per
+#   image instead of ~60 ms, but at 8 clients the model used under half a core
+#   (7.5 req/s x 60 ms), so batching would not move these numbers; and Gradio
+#   fails every request of a batch when one of them raises, so one bad upload
+#   would give other users an error.
+# Override with --concurrency / SHOWTELL_CONCURRENCY.
 DEFAULT_CONCURRENCY = 2
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this get "Queue is full"
 TABLE_HEADERS = ["rank", "caption", "probability", "share of n-best (%)"]
@@ -54,6 +67,16 @@ CSS = """
 
 ACCEPTED = (f"Please upload a JPEG, PNG, WebP, GIF or BMP photo of at most "
             f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels.")
+
+
+def threads_per_request(concurrency: int = DEFAULT_CONCURRENCY) -> int:
+    """torch threads for each request so that ``concurrency`` requests at once
+    use the CPU cores without oversubscribing them."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, concurrency))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -183,7 +206,8 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> 
                 best = gr.Textbox(label="Best caption", elem_id="best-caption", interactive=False, lines=2,
                                   buttons=["copy"])
                 table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "str", "number", "number"],
-                                     interactive=False, label="N-best captions", elem_id="nbest", wrap=True)
+                                     interactive=False, label="N-best captions", elem_id="nbest", wrap=True,
+                                     column_widths=["8%", "52%", "20%", "20%"])
                 gr.Markdown("*probability* is the model's probability of the whole caption, exp(sum of word "
                             "log-probabilities); *share of n-best* normalises these over the listed captions "
                             "(softmax), so they add up to 100%.")
@@ -205,8 +229,7 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
            max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE, **kwargs):
     """Start the server (blocking unless ``prevent_thread_lock=True``)."""
-    return demo.launch(server_name=host, server_port=port, max_file_size=max_file_size, css=CSS,
-                       footer_links=["api", "settings"], **kwargs)
+    return demo.launch(server_name=host, server_port=port, max_file_size=max_file_size, css=CSS, **kwargs)
 
 
 def warm_up(captioner: Captioner) -> None:
@@ -221,4 +244,4 @@ def _blank():
     return Image.new("RGB", (224, 224), (127, 127, 127))
 
 
-__all__ = ["build_demo", "caption_image", "launch", "warm_up", "free_port"]
+__all__ = ["build_demo", "caption_image", "launch", "warm_up", "free_port", "threads_per_request"]

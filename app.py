@@ -1,0 +1,73 @@
+"""The showtell web UI: upload a photo, get captions.
+
+    python app.py                                  # http://127.0.0.1:7860, the bundled model
+    python app.py --host 0.0.0.0 --port 8080       # or SHOWTELL_HOST / SHOWTELL_PORT
+    python app.py --checkpoint runs/mine/best.pt   # serve another model
+
+Call it from Python with gradio_client (the page's "Use via API" shows the same):
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    best, table = client.predict(handle_file("photo.jpg"), api_name="/caption")
+    best, table = client.predict(handle_file("photo.jpg"), beam_size=5, num_captions=3, api_name="/caption")
+"""
+import os
+
+# Offline: no analytics or telemetry (must be set before gradio is imported).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+def _env(*names: str, default: str) -> str:
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return default
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Serve the showtell captioner as a web page and API.")
+    p.add_argument("--host", default=_env("SHOWTELL_HOST", "GRADIO_SERVER_NAME", default="127.0.0.1"),
+                   help="address to listen on (env SHOWTELL_HOST or GRADIO_SERVER_NAME; default 127.0.0.1; "
+                        "0.0.0.0 serves the local network)")
+    p.add_argument("--port", type=int, default=int(_env("SHOWTELL_PORT", "GRADIO_SERVER_PORT", default="7860")),
+                   help="port (env SHOWTELL_PORT or GRADIO_SERVER_PORT; default 7860)")
+    p.add_argument("--checkpoint", default=os.environ.get("SHOWTELL_CHECKPOINT") or None,
+                   help="model checkpoint to serve (default: the bundled model)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--max-file-size", default=os.environ.get("SHOWTELL_MAX_FILE_SIZE", "10mb"),
+                   help="largest upload accepted, e.g. 10mb or 500kb (default 10mb)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="caption requests served at once (env SHOWTELL_CONCURRENCY; default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per request (env SHOWTELL_THREADS; default: CPU cores / concurrency)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    import torch
+
+    from showtell.captioner import Captioner
+    from showtell.webapp import DEFAULT_CONCURRENCY, build_demo, launch, threads_per_request, warm_up
+
+    concurrency = args.concurrency or int(os.environ.get("SHOWTELL_CONCURRENCY") or DEFAULT_CONCURRENCY)
+    threads = args.threads or int(os.environ.get("SHOWTELL_THREADS") or threads_per_request(concurrency))
+    torch.set_num_threads(threads)  # process-wide: every request's worker thread uses this many
+    captioner = Captioner(args.checkpoint, device=args.device)  # loaded once, shared by all requests
+    warm_up(captioner)
+    print(f"showtell: model {captioner.checkpoint} on {captioner.device} ready in "
+          f"{time.perf_counter() - t0:.1f}s ({concurrency} requests at once, {threads} torch thread(s) each); "
+          f"serving on http://{args.host}:{args.port}/", flush=True)
+    launch(build_demo(captioner, concurrency=concurrency), host=args.host, port=args.port,
+           max_file_size=args.max_file_size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Benchmark the web app as users see it (run by hand, not part of the tests).
+
+    .venv/bin/python benchmarks/bench_app.py [--concurrency 2] [--threads 1] [--checkpoint PATH]
+
+Starts ``app.py`` as a subprocess on a free loopback port and measures, with
+gradio_client:
+  * the time from launching the process to the first served caption;
+  * the latency of ``/caption`` at beam 3 for a 224x224 photo: one client
+    (``--requests`` calls in a row), then ``--clients`` concurrent clients
+    (threads, each with its own Client, ``--per-client`` calls each).
+Prints a table with the median and 95th percentile and the hardware.
+"""
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from gradio_client import Client, handle_file  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(xs, q):
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=30, help="calls for the one-client run")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--per-client", type=int, default=10)
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=None, help="passed to app.py")
+    p.add_argument("--threads", type=int, default=None, help="passed to app.py")
+    p.add_argument("--checkpoint", default=None, help="passed to app.py")
+    p.add_argument("--startup-timeout", type=float, default=120)
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
+    photo = tmp / "photo224.jpg"
+    Image.open(ROOT / "examples" / "cat.jpg").convert("RGB").resize((224, 224), Image.LANCZOS).save(photo, quality=90)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cmd = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)]
+    for flag, value in (("--concurrency", args.concurrency), ("--threads", args.threads),
+                        ("--checkpoint", args.checkpoint)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    log = open(tmp / "server.log", "w")
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        first = None
+        while first is None:
+            if server.poll() is not None:
+                log.flush()
+                print((tmp / "server.log").read_text(), file=sys.stderr)
+                raise SystemExit(f"app.py exited with code {server.returncode}")
+            if time.perf_counter() - t0 > args.startup_timeout:
+                raise SystemExit(f"no caption within {args.startup_timeout}s; log in {tmp / 'server.log'}")
+            try:
+                client = Client(url, verbose=False)
+                first = client.predict(handle_file(str(photo)), args.beam, 1, api_name="/caption")[0]
+            except Exception:  # not listening yet
+                time.sleep(0.1)
+        startup = time.perf_counter() - t0
+
+        def timed(c):
+            t = time.perf_counter()
+            best, _ = c.predict(handle_file(str(photo)), args.beam, 1, api_name="/caption")
+            assert best
+            return time.perf_counter() - t
+
+        for _ in range(3):  # warm the connection
+            timed(client)
+        single = [timed(client) for _ in range(args.requests)]
+
+        clients = [Client(url, verbose=False) for _ in range(args.clients)]
+        latencies, lock = [], threading.Lock()
+        barrier = threading.Barrier(args.clients)
+
+        def worker(c):
+            barrier.wait()
+            mine = [timed(c) for _ in range(args.per_client)]
+            with lock:
+                latencies.extend(mine)
+
+        threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t
+        config = [line.strip() for line in (tmp / "server.log").read_text().splitlines() if "ready in" in line]
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+    ms = lambda s: f"{1000 * s:8.0f}"  # noqa: E731
+    print(f"showtell web app benchmark: beam {args.beam}, one 224x224 JPEG, /caption via gradio_client")
+    print(f"hardware: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, "
+          f"Python {platform.python_version()}")
+    print(f"load average before the run: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if config:
+        print("server:", config[0])
+    print(f"first caption: {first!r}")
+    print()
+    print(f"{'measure':<34}{'requests':>9}{'median ms':>11}{'p95 ms':>9}{'req/s':>8}")
+    print(f"{'launch -> first caption':<34}{1:>9}{ms(startup):>11}{'':>9}{'':>8}")
+    print(f"{'1 client':<34}{len(single):>9}{ms(statistics.median(single)):>11}{ms(percentile(single, .95)):>9}"
+          f"{len(single) / sum(single):>8.1f}")
+    print(f"{f'{args.clients} concurrent clients':<34}{len(latencies):>9}{ms(statistics.median(latencies)):>11}"
+          f"{ms(percentile(latencies, .95)):>9}{len(latencies) / wall:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

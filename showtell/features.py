@@ -82,7 +82,7 @@ def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder:
                          "encoder": encoder.name, "weights": encoder.weights_id,
                          "preprocessing": encoder.preprocessing.key()}).encode())
     for item in items:
-        h.update(f"{item.image_id}\t{item.path}\n".encode())
+        h.update(f"{item.image_id}\t{os.path.abspath(item.path)}\n".encode())  # however the root was spelled
     return h.hexdigest()[:16]
 
 

@@ -16,6 +16,8 @@ import torch
 from _common import FLICKR8K, machine
 
 from showtell.captioner import Captioner
+from showtell.decoding import autocast
+from showtell.evaluation import score_captions
 from showtell.datasets import read_flickr8k
 from showtell.images import load_image
 
@@ -24,15 +26,17 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--photos", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-root", default=FLICKR8K)
+    p.add_argument("--precision", default="auto", help="auto (what caption() uses), float32, bfloat16")
     args = p.parse_args()
     print(f"machine: {machine()}")
 
     t = time.perf_counter()
-    cap = Captioner(args.checkpoint, batch_size=args.batch_size)
-    print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s)")
-    paths = [it.path for it in read_flickr8k(args.data_root, "test")[:args.photos]]
+    cap = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision)
+    print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s); precision {cap.precision}")
+    items = read_flickr8k(args.data_root, "test")[:args.photos]
+    paths = [it.path for it in items]
     cap(paths[:4])  # warm-up
 
     t = time.perf_counter()
@@ -42,9 +46,12 @@ def main():
     single = [cap(path, beam_size=3) for path in paths]
     per_single = (time.perf_counter() - t) / len(paths)
     same = sum(a == b for a, b in zip(batched, single))
+    bleu = score_captions(items, [c.split() for c in batched])
     print(f"{len(paths)} test photos, beam 3: batched {1000 * per_batched:.1f} ms/photo, "
           f"one call per photo {1000 * per_single:.1f} ms/photo, ratio {per_single / per_batched:.2f}x "
           f"(target >= 3x); identical captions {same}/{len(paths)}")
+    print("BLEU-1..4 of these captions (the caption() path, this precision): "
+          + " ".join(f"{bleu[f'bleu{n}']:.2f}" for n in range(1, 5)))
 
     photo = paths[0]
     lat, enc = [], []
@@ -53,7 +60,7 @@ def main():
         t = time.perf_counter()
         cap(photo, beam_size=3)
         lat.append(time.perf_counter() - t)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(cap.device, cap.precision):
             t = time.perf_counter()
             cap.encoder(x)
             enc.append(time.perf_counter() - t)

@@ -9,10 +9,11 @@ from typing import Any, NamedTuple, Sequence
 
 import torch
 
-from .decoding import DecodeOptions, beam_search
+from .decoding import DecodeOptions, autocast, beam_search, resolve_precision
 from .images import ImageError, load_image
 from .model import CaptionModel
 
+ENCODER_CPU_BATCH = 8
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
 
 
@@ -34,9 +35,11 @@ class Captioner:
     >>> captioner(["a.jpg", "b.jpg"], n_best=3)  # [[ScoredCaption, ...], [...]]
     """
 
-    def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 16):
+    def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
+                 precision: str = "auto"):
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = resolve_precision(precision, self.device)
         self.model = CaptionModel.from_checkpoint(self.checkpoint, device=self.device)
         self.encoder = self.model.encoder.for_inference().to(self.device)
         self.vocab = self.model.vocab
@@ -54,11 +57,29 @@ class Captioner:
     @torch.inference_mode()
     def caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions for a batch of preprocessed images (B, 3, H, W)."""
+        with autocast(self.device, self.precision):
+            return self._caption_tensors(pixels, opts)
+
+    def _caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         x = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
-        feats = self.model.decoder_input(self.encoder(x).float())
+        # On a CPU the encoder runs fastest in small batches (they stay in cache:
+        # ~7 ms/photo at 1-8 photos against ~17 at 32); beam search gains from big ones.
+        step = ENCODER_CPU_BATCH if self.device.type == "cpu" else len(x)
+        fmap = torch.cat([self.encoder(x[i:i + step]) for i in range(0, len(x), step)])
+        feats = self.model.decoder_input(fmap.float())
         hyps = beam_search(self.model.decoder, feats, opts, self.vocab.end_id, self.vocab.start_id, self.vocab.unk_id)
         return [[ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score) for h in per_image]
                 for per_image in hyps]
+
+    def _load_chunk(self, images: Sequence[Any], chunk: range) -> tuple[list[int], list[torch.Tensor], dict]:
+        ok, pixels, errors = [], [], {}
+        for i in chunk:
+            try:
+                pixels.append(self.preprocessing(load_image(images[i])))
+                ok.append(i)
+            except ImageError as e:
+                errors[i] = e
+        return ok, pixels, errors
 
     def caption_each(self, images: Sequence[Any], **options) -> list[list[ScoredCaption] | ImageError]:
         """n-best captions for each image, or the :class:`ImageError` of an image
@@ -66,14 +87,9 @@ class Captioner:
         opts = self.options(**options)
         results: list[list[ScoredCaption] | ImageError] = [None] * len(images)  # type: ignore[list-item]
         for start in range(0, len(images), self.batch_size):
-            chunk = range(start, min(start + self.batch_size, len(images)))
-            ok, pixels = [], []
-            for i in chunk:
-                try:
-                    pixels.append(self.preprocessing(load_image(images[i])))
-                    ok.append(i)
-                except ImageError as e:
-                    results[i] = e
+            ok, pixels, errors = self._load_chunk(images, range(start, min(start + self.batch_size, len(images))))
+            for i, e in errors.items():
+                results[i] = e
             if ok:
                 for i, caps in zip(ok, self.caption_tensors(torch.stack(pixels), opts)):
                     results[i] = caps

@@ -91,6 +91,9 @@ def get_evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", default=None)
     p.add_argument("--val-annotations", default=None)
     p.add_argument("--output", default=None, help="write [{image_id, caption}] JSON here")
+    p.add_argument("--precision", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="decoder arithmetic (default float32; 'auto' is what caption() uses: bfloat16 on CPUs "
+                        "with native support); the cached encoder features are float32")
     p.add_argument("--show", type=int, default=0, metavar="N",
                    help="print the captions of the first N images beside their first reference")
     p.add_argument("--cache-dir", default=None)
@@ -106,7 +109,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import load_checkpoint
     from .config import config_from_dict
     from .datasets import load_split
-    from .decoding import DecodeOptions
+    from .decoding import DecodeOptions, resolve_precision
     from .evaluation import evaluate_split
     from .features import FeatureCache
     from .model import CaptionModel
@@ -123,10 +126,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     opts = DecodeOptions(beam_size=args.beam_size, max_len=args.max_len)
     scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                             device=device, progress=not args.no_progress, captions_out=args.output,
-                            examples=args.show)
+                            examples=args.show, precision=resolve_precision(args.precision, torch.device(device)))
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
+                      "precision": args.precision,
                       **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}))
     return 0
 

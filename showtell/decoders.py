@@ -10,8 +10,9 @@
 Both share one interface, used by training, greedy decoding and beam search:
 - ``forward(features, captions)``: teacher-forced logits;
 - ``init_state(features)`` then ``step(tokens, state)``: one word at a time,
-  the state carried along (every state tensor has the batch on dim 0, so
-  beam search reorders it with ``index_select(0, ...)``).
+  the state carried along (every state tensor has the batch on dim 0);
+- ``reorder_state(state, rows)``: the state of hypotheses ``rows``, for beam
+  search, where a hypothesis only ever takes over another of the same image.
 ``feature_kind`` says which cached features a decoder reads: the pooled
 vector (B, C) or the spatial map (B, P, C).
 """
@@ -56,6 +57,9 @@ class ShowTellDecoder(nn.Module):
         out, (h, c) = self.lstm(self.embed(tokens).unsqueeze(1), (h, c))
         return self.out(out[:, 0]), (h.transpose(0, 1), c.transpose(0, 1))
 
+    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
+        return tuple(s.index_select(0, rows) for s in state)
+
 
 class ShowAttendTellDecoder(nn.Module):
     feature_kind = "spatial"
@@ -92,6 +96,12 @@ class ShowAttendTellDecoder(nn.Module):
         context, _ = self._attend(h, feats, keys)
         h, c = self.cell(torch.cat([self.embed(tokens), context], dim=1), (h, c))
         return self.out(self.dropout(h)), (h, c, feats, keys)
+
+    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
+        h, c, feats, keys = state
+        # feats and keys are the image's: the same for all of its hypotheses, so
+        # a reorder within an image leaves them unchanged (no 2 x (B*k, P, D) copy per step).
+        return h.index_select(0, rows), c.index_select(0, rows), feats, keys
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         """features (B, P, C), captions (B, T) -> logits (B, T-1, V)."""

@@ -36,7 +36,8 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, name: str, body: nn.Module, feature_dim: int, last_stage: list[nn.Module],
                  classifier: nn.Module | None, preprocessing: Preprocessing, weights_id: str,
-                 conv_bn_pairs: Callable[[nn.Module], list[tuple[nn.Module, str, str]]]):
+                 conv_bn_pairs: Callable[[nn.Module], list[tuple[nn.Module, str, str]]],
+                 inference_tweaks: Callable[[nn.Module], None] | None = None):
         super().__init__()
         self.name = name
         self.body = body
@@ -46,6 +47,7 @@ class ImageEncoder(nn.Module):
         self.weights_id = weights_id
         self._last_stage = last_stage
         self._conv_bn_pairs = conv_bn_pairs
+        self._inference_tweaks = inference_tweaks
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C, h, w)."""
@@ -88,6 +90,8 @@ class ImageEncoder(nn.Module):
             fused = fuse_conv_bn_eval(conv, bn)
             conv.weight, conv.bias = fused.weight, fused.bias
             setattr(parent, bn_name, nn.Identity())
+        if self._inference_tweaks is not None:
+            self._inference_tweaks(enc.body)
         enc.requires_grad_(False)
         return enc.to(memory_format=torch.channels_last)
 
@@ -153,6 +157,20 @@ def _efficientnet_pairs(body: nn.Module) -> list[tuple[nn.Module, str, str]]:
     return pairs
 
 
+def _efficientnet_inference_tweaks(body: nn.Module) -> None:
+    """Same arithmetic, less memory traffic: symmetric 'same' padding done by the
+    convolution itself instead of a separate zero-padded copy, and in-place ReLU6."""
+    for module in body.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                module.padding = (top, left)
+                module.static_padding = nn.Identity()
+        if isinstance(getattr(module, "_swish", None), nn.ReLU6):
+            module._swish = nn.ReLU6(inplace=True)
+
+
 def _build_efficientnet_lite0(name: str, weights: str | None) -> ImageEncoder:
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -176,7 +194,7 @@ def _build_efficientnet_lite0(name: str, weights: str | None) -> ImageEncoder:
     classifier = net._fc
     last_stage = [net._blocks[-1], net._conv_head, net._bn1]
     return ImageEncoder(name, _EfficientNetBody(net), 1280, last_stage, classifier, prep, weights_id,
-                        _efficientnet_pairs)
+                        _efficientnet_pairs, _efficientnet_inference_tweaks)
 
 
 # --- registry -------------------------------------------------------------------

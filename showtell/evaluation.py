@@ -17,7 +17,7 @@ import torch
 from nltk.translate.bleu_score import corpus_bleu
 
 from .datasets import ImageCaptions
-from .decoding import DecodeOptions, beam_search, greedy_decode
+from .decoding import DecodeOptions, autocast, beam_search, greedy_decode
 from .text import tokenize
 
 BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
@@ -34,7 +34,7 @@ def bleu_scores(references: Sequence[Sequence[Sequence[str]]], hypotheses: Seque
 
 
 def decode_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,
-                    device: str | torch.device = "cpu") -> list[list[str]]:
+                    device: str | torch.device = "cpu", precision: str = "float32") -> list[list[str]]:
     """Best caption (as words) for each row of cached decoder features."""
     decoder, vocab = model.decoder, model.vocab
     was_training = decoder.training
@@ -43,10 +43,11 @@ def decode_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOpti
     try:
         for i in range(0, len(features), batch_size):
             x = torch.from_numpy(np.array(features[i:i + batch_size], dtype=np.float32)).to(device)
-            if opts.beam_size == 1:
-                hyps = greedy_decode(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)
-            else:
-                hyps = [h[0] for h in beam_search(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)]
+            with autocast(torch.device(device), precision):
+                if opts.beam_size == 1:
+                    hyps = greedy_decode(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)
+                else:
+                    hyps = [h[0] for h in beam_search(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)]
             out += [vocab.decode(h.tokens) for h in hyps]
     finally:
         decoder.train(was_training)
@@ -84,12 +85,12 @@ def split_features(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 
 def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   captions_out: str | None = None, examples: int = 0) -> dict:
+                   captions_out: str | None = None, examples: int = 0, precision: str = "float32") -> dict:
     """BLEU-1..4 of the model's captions for ``items``, and the number of images
     scored; optionally writes the captions as JSON, and returns the first
     ``examples`` as (image id, caption, first reference) under "examples"."""
     kept, feats = split_features(model, dataset, items, cache, split, device=device, progress=progress)
-    captions = decode_features(model, feats, opts, device=device)
+    captions = decode_features(model, feats, opts, device=device, precision=precision)
     if captions_out:
         write_captions(captions_out, kept, captions)
     scores: dict = score_captions(kept, captions)

@@ -27,6 +27,9 @@ class ScriptedDecoder(torch.nn.Module):
     def step(self, tokens, state):
         return self.table[tokens], (tokens.unsqueeze(1),)
 
+    def reorder_state(self, state, rows):
+        return tuple(s.index_select(0, rows) for s in state)
+
 
 def _table(prefs):
     """prefs: {prev: {word: logit}}; unspecified logits are -10."""

@@ -10,10 +10,12 @@
 """
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
-from _common import FLICKR8K, machine
+from _common import FLICKR8K, ROOT, machine
 
 from showtell.captioner import Captioner
 from showtell.decoding import autocast
@@ -32,6 +34,10 @@ def main():
     args = p.parse_args()
     print(f"machine: {machine()}")
 
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", f"from showtell import Captioner; Captioner({args.checkpoint!r})"],
+                   check=True, cwd=ROOT)
+    print(f"fresh process, import + model load: {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
     cap = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision)
     print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s); precision {cap.precision}")

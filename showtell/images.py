@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 # Photos beyond this many pixels (about 8,000 x 8,000) are refused as
 # decompression bombs: a caption needs 224 x 224, and decoding a huge image
@@ -141,6 +139,10 @@ def load_image(source: Any) -> Image.Image:
         raise ImageError(f"{_describe(source)}: the image is truncated or corrupt ({e})") from e
 
 
+_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How an RGB image becomes the encoder's input, from the encoder weights'
@@ -154,12 +156,15 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        """(3, H, W) float tensor, normalised."""
+        """(3, H, W) float tensor, normalised. (Plain Pillow and torch, the same
+        arithmetic as torchvision's resize/to_tensor/normalize, without paying
+        a second to import torchvision.)"""
         if img.size != (self.size[1], self.size[0]):
-            img = TF.resize(img, list(self.size), interpolation=InterpolationMode(self.interpolation),
-                            antialias=True)
-        x = TF.pil_to_tensor(img).float().div_(255.0)
-        return TF.normalize(x, list(self.mean), list(self.std))
+            img = img.resize((self.size[1], self.size[0]), _RESAMPLE[self.interpolation])
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return x.sub_(mean).div_(std)
 
     def key(self) -> str:
         """A short string that changes whenever the preprocessing does (feature cache key)."""

@@ -129,6 +129,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         log(f"resuming from {last_path}: epoch {t['epoch'] + 1}, step {t['step']}")
     elif resume:
         log(f"nothing to resume in {out_dir}: starting a new run")
+    elif os.path.isfile(last_path):
+        log(f"starting a new run in {out_dir}, replacing the run there (--resume would continue it)")
 
     # Data and vocabulary (from the training split only).
     train_items = load_split(data_cfg, data_cfg.train_split)
@@ -279,10 +281,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
             save_checkpoint(best, best_path)
         else:
             state["bad_epochs"] += 1
-        if state["bad_epochs"] >= train_cfg.early_stop_patience:
-            log(f"early stop: val BLEU-4 has not improved for {state['bad_epochs']} epochs")
-            state["finished"] = True
         if state["epoch"] >= train_cfg.epochs:
+            state["finished"] = True
+        elif state["bad_epochs"] >= train_cfg.early_stop_patience:
+            log(f"early stop: val BLEU-4 has not improved for {state['bad_epochs']} epochs")
             state["finished"] = True
         save_last()
         _write_log(os.path.join(out_dir, "log.jsonl"), state["history"])  # matches last.pt, even after a kill

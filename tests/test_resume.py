@@ -102,3 +102,22 @@ def test_fine_tuning_trains_only_the_encoders_last_stage(tmp_path, flickr8k_root
     assert changed == {"7"}  # body index 7 is layer4, the last stage
     assert not (tmp_path / "cache" / "features").exists() or not any(
         "train" in d for d in os.listdir(tmp_path / "cache" / "features"))  # no stale cache of a changing encoder
+
+
+def test_train_command_on_real_coco_annotations(tmp_path, coco_mini):
+    """train.py end to end on the official COCO format (the coco-mini slice
+    serves as both train and val here: it has a train file only)."""
+    ann = os.path.join(coco_mini, "annotations", "captions_train2017.json")
+    images = os.path.join(coco_mini, "train2017")
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", "coco", "--annotations", ann,
+           "--image-root", images, "--val-annotations", ann, "--val-image-root", images,
+           "--out", str(tmp_path / "coco"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+           "--encoder", "resnet18", "--encoder-weights", "none", "--embed-dim", "16", "--hidden-dim", "16",
+           "--min-word-count", "2", "--epochs", "2", "--batch-size", "32", "--val-max-images", "10"]
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "80 images, 400 captions" in out.stdout
+    assert out.stdout.count("val BLEU-1..4") == 2
+    best = load_checkpoint(str(tmp_path / "coco" / "best.pt"))
+    assert best["data_config"]["dataset"] == "coco" and len(best["vocab"]) > 4

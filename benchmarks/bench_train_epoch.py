@@ -31,7 +31,7 @@ def main():
     torch.manual_seed(0)
     model = CaptionModel.build(mcfg, vocab)
     fs = FeatureCache().get("flickr8k", "train", items, model.encoder, progress=False)
-    feats = torch.from_numpy(np.array(fs.pooled if model.decoder.feature_kind == "pooled" else fs.spatial))
+    feats = torch.from_numpy(np.array(fs.for_decoder(model.decoder.feature_kind)))
     caps, lengths, image_of = encode_captions(fs.items, vocab, 40)
     opt = torch.optim.Adam(model.decoder.parameters(), lr=tcfg.lr)
     model.decoder.train()

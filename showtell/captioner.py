@@ -41,7 +41,8 @@ class Captioner:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         self.model = CaptionModel.from_checkpoint(self.checkpoint, device=self.device)
-        self.encoder = self.model.encoder.for_inference().to(self.device)
+        # Keep only the fast copy (batch norm folded): the original would be dead weight.
+        self.encoder = self.model.encoder = self.model.encoder.for_inference().to(self.device)
         self.vocab = self.model.vocab
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size

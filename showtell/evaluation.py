@@ -78,9 +78,9 @@ def split_features(model, dataset: str, items: Sequence[ImageCaptions], cache, s
     if model.encoder.trainable():
         with tempfile.TemporaryDirectory() as tmp:
             fs = FeatureCache(tmp).get(dataset, split, items, model.encoder, device=device, progress=progress)
-            return fs.items, np.array(fs.pooled if model.decoder.feature_kind == "pooled" else fs.spatial)
+            return fs.items, np.array(fs.for_decoder(model.decoder.feature_kind))
     fs = cache.get(dataset, split, items, model.encoder, device=device, progress=progress)
-    return fs.items, (fs.pooled if model.decoder.feature_kind == "pooled" else fs.spatial)
+    return fs.items, fs.for_decoder(model.decoder.feature_kind)
 
 
 def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,

@@ -75,6 +75,10 @@ class FeatureSet:
     spatial: np.ndarray  # (N, P, C) float16, memory-mapped; P = h * w positions
     skipped: list[tuple[str, str]]  # (image_id, reason) of those that could not
 
+    def for_decoder(self, feature_kind: str) -> np.ndarray:
+        """The array a decoder of this ``feature_kind`` reads: pooled or spatial."""
+        return self.pooled if feature_kind == "pooled" else self.spatial
+
 
 def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder) -> str:
     h = hashlib.sha256()

@@ -162,8 +162,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     else:
         fs = cache.get(dataset, data_cfg.train_split, train_items, model.encoder, device=device, progress=progress)
         kept_train = fs.items
-        arr = fs.pooled if model.decoder.feature_kind == "pooled" else fs.spatial
-        train_feats = torch.from_numpy(np.array(arr))  # into memory: (N, C) or (N, P, C)
+        train_feats = torch.from_numpy(np.array(fs.for_decoder(model.decoder.feature_kind)))  # (N, C) or (N, P, C)
         val_kept, val_feats = split_features(model, dataset, val_items, cache, data_cfg.val_split,
                                              device=device, progress=progress)
     caps, lengths, image_of = encode_captions(kept_train, vocab, data_cfg.max_caption_len)

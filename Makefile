@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test train bundled-model setup browser clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt -r requirements-eval.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
-from nltk.translate.bleu_score import corpus_bleu
 
 from .datasets import ImageCaptions
 from .decoding import DecodeOptions, autocast, beam_search, greedy_decode
+from .metrics import BLEU_WEIGHTS, bleu_scores  # noqa: F401  (bleu_scores lives in metrics.py; re-exported)
 from .text import tokenize
-
-BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
-
-
-def bleu_scores(references: Sequence[Sequence[Sequence[str]]], hypotheses: Sequence[Sequence[str]]) -> dict[str, float]:
-    """BLEU-1..4 (x100) of tokenized hypotheses against lists of tokenized references."""
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} reference sets for {len(hypotheses)} hypotheses")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nltk warns when an n-gram order has no match at all
-        scores = corpus_bleu(references, hypotheses, weights=BLEU_WEIGHTS)
-    return {f"bleu{n}": 100.0 * s for n, s in enumerate(scores, 1)}
 
 
 def decode_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,

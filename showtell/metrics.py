@@ -99,6 +99,7 @@ class _NGrams:
     gid: np.ndarray     # (E,) n-gram id: the corpus's, or past them for n-grams it lacks
     row: np.ndarray     # (E,) sentence of each occurrence
     length: np.ndarray  # (S,) CIDEr's length of each sentence (see CiderD._ngrams)
+    extra_order: np.ndarray  # order - 1 of the ids past the corpus's, in id order
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,14 @@ class CiderD:
         self._offset: list[int] = []
         words, lengths = self._word_ids(sentences, {})
         self._order = np.zeros(0, dtype=np.int64)
-        grams = self._ngrams(words, lengths, {}, grow=True)
+        grams = self._ngrams(words, lengths, grow=True)
         first = np.concatenate([[0], np.cumsum([len(refs) for refs in references])])
         image = np.repeat(np.arange(len(references)), np.diff(first))[grams.row]
         # df: in how many reference sets (images) each n-gram occurs, as pycocoevalcap counts it.
         df = np.bincount(np.unique(image * _KEY + grams.gid) % _KEY, minlength=len(self._order))
         self._log_n = math.log(float(len(references)))
         self._idf = self._log_n - np.log(np.maximum(1.0, df))
-        self._corpus = self._tabulate(grams, first, {})
+        self._corpus = self._tabulate(grams, first)
 
     def _word_ids(self, sentences: Sequence[Tokens], extra: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
         """(word ids of all sentences, one after another; each sentence's length).
@@ -182,16 +183,16 @@ class CiderD:
             raise ValueError(f"CiderD supports at most {_WORD - 1} distinct words")
         return ids, lengths
 
-    def _ngrams(self, words: np.ndarray, lengths: np.ndarray, extra: dict, grow: bool = False) -> _NGrams:
+    def _ngrams(self, words: np.ndarray, lengths: np.ndarray, grow: bool = False) -> _NGrams:
         """All 1..n-grams of sentences given as concatenated word ids. N-grams the
-        corpus lacks get ids past its own, shared through ``extra`` (a dict
-        (order, key) -> id), so that one call gives one n-gram one id."""
+        corpus lacks get ids past its own (one id per distinct n-gram of the call)."""
         S = len(lengths)
         start = np.cumsum(lengths) - lengths
         row = np.repeat(np.arange(S), lengths)                    # (L,) sentence of each word
         left = np.repeat(start + lengths, lengths) - np.arange(len(words))  # words from here to the end
         prefix = np.zeros(len(words), dtype=np.int64)             # id of the (k-1)-gram starting here
-        gids, rows = [], []
+        gids, rows, extra_order = [], [], []
+        next_extra = len(self._order)
         for k in range(self.n):
             at = np.flatnonzero(left > k)                          # (k+1)-grams start at these positions
             key = (prefix[at] * _WORD if k else 0) + words[at + k]
@@ -207,8 +208,10 @@ class CiderD:
                 j = np.minimum(np.searchsorted(table, uniq), len(table) - 1)
                 known = table[j] == uniq if len(table) else np.zeros(len(uniq), dtype=bool)
                 ids = self._offset[k] + j
-                for u in np.flatnonzero(~known):
-                    ids[u] = extra.setdefault((k, int(uniq[u])), len(self._order) + len(extra))
+                unknown = np.flatnonzero(~known)
+                ids[unknown] = next_extra + np.arange(len(unknown))
+                next_extra += len(unknown)
+                extra_order.append(np.full(len(unknown), k, dtype=np.int64))
                 gid = ids[inverse.reshape(-1)]
             prefix[at] = gid
             gids.append(gid)
@@ -216,31 +219,31 @@ class CiderD:
         # pycocoevalcap sums the counts of the n-grams whose index n == 1, i.e. bigrams:
         # its "length" is the number of words minus one.
         return _NGrams(gid=np.concatenate(gids), row=np.concatenate(rows),
-                       length=np.maximum(lengths - 1, 0).astype(np.float64))
+                       length=np.maximum(lengths - 1, 0).astype(np.float64),
+                       extra_order=np.concatenate(extra_order) if extra_order else np.zeros(0, dtype=np.int64))
 
-    def _weights(self, gid: np.ndarray, extra: dict) -> tuple[np.ndarray, np.ndarray]:
-        """(idf, order) of n-gram ids, the corpus's and ``extra``'s."""
+    def _weights(self, gid: np.ndarray, extra_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(idf, order) of n-gram ids, the corpus's and those past it."""
         G = len(self._order)
-        if not extra:
+        if not len(extra_order):
             return self._idf[gid], self._order[gid]
         known = gid < G
         inside = np.where(known, gid, 0)
-        extra_order = np.array([k for k, _ in extra], dtype=np.int64)
         # N-grams outside the corpus have df 0, so idf log(N) (pycocoevalcap: log(max(1, 0)) = 0).
         return (np.where(known, self._idf[inside], self._log_n),
                 np.where(known, self._order[inside], extra_order[np.where(known, 0, gid - G)]))
 
-    def _tf_rows(self, grams: _NGrams, extra: dict):
+    def _tf_rows(self, grams: _NGrams):
         """Distinct (row, n-gram) entries with their counts, idf and order, and each row's norm per order."""
         n_rows = len(grams.length)
         key, tf = np.unique(grams.row * _KEY + grams.gid, return_counts=True)
         row, gid = key // _KEY, key % _KEY
-        idf, order = self._weights(gid, extra)
+        idf, order = self._weights(gid, grams.extra_order)
         norm = np.sqrt(np.bincount(row * self.n + order, weights=(tf * idf) ** 2, minlength=n_rows * self.n))
         return row, gid, tf.astype(np.float64), idf, order, norm.reshape(n_rows, self.n)
 
-    def _tabulate(self, grams: _NGrams, first: np.ndarray, extra: dict) -> _References:
-        row, gid, tf, _, _, norm = self._tf_rows(grams, extra)
+    def _tabulate(self, grams: _NGrams, first: np.ndarray) -> _References:
+        row, gid, tf, _, _, norm = self._tf_rows(grams)
         image = np.repeat(np.arange(len(first) - 1), np.diff(first))[row]
         keys = image * _KEY + gid
         sort = np.argsort(keys, kind="stable")
@@ -249,10 +252,9 @@ class CiderD:
                            keys=keys, row=row[sort], tf=tf[sort],
                            entries=np.searchsorted(keys, np.arange(len(first)) * _KEY))
 
-    def _score(self, grams: _NGrams, images: np.ndarray, table: _References,
-               extra: dict) -> tuple[float, np.ndarray]:
+    def _score(self, grams: _NGrams, images: np.ndarray, table: _References) -> tuple[float, np.ndarray]:
         n, H = self.n, len(images)
-        h_row, h_gid, h_tf, h_idf, h_order, h_norm = self._tf_rows(grams, extra)
+        h_row, h_gid, h_tf, h_idf, h_order, h_norm = self._tf_rows(grams)
 
         # Pairs (hypothesis, one of its image's references), in hypothesis order.
         n_refs = np.diff(table.first)[images]                    # (H,)
@@ -298,9 +300,8 @@ class CiderD:
                             or images.min() < 0 or images.max() >= self.num_images):
             raise ValueError(f"indices must be integers in [0, {self.num_images}), got {images.dtype} "
                              f"from {images.min()} to {images.max()}")
-        extra: dict = {}
-        grams = self._ngrams(*self._word_ids(hypotheses, {}), extra)
-        return self._score(grams, images.astype(np.int64), self._corpus, extra)
+        grams = self._ngrams(*self._word_ids(hypotheses, {}))
+        return self._score(grams, images.astype(np.int64), self._corpus)
 
     def score(self, hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[float, np.ndarray]:
         """(mean, per-hypothesis scores) of ``hypotheses[i]`` against the
@@ -308,16 +309,15 @@ class CiderD:
         _check_pairs(references, hypotheses)
         sentences = [r for refs in references for r in refs]
         # One lookup for references and hypotheses, so an n-gram outside the corpus gets one id in both.
-        extra_words, extra = {}, {}
-        words, lengths = self._word_ids(sentences + list(hypotheses), extra_words)
-        grams = self._ngrams(words, lengths, extra)
+        grams = self._ngrams(*self._word_ids(sentences + list(hypotheses), {}))
         R = len(sentences)
         is_ref = grams.row < R
-        refs = _NGrams(gid=grams.gid[is_ref], row=grams.row[is_ref], length=grams.length[:R])
-        hyps = _NGrams(gid=grams.gid[~is_ref], row=grams.row[~is_ref] - R, length=grams.length[R:])
+        refs = _NGrams(gid=grams.gid[is_ref], row=grams.row[is_ref], length=grams.length[:R],
+                       extra_order=grams.extra_order)
+        hyps = _NGrams(gid=grams.gid[~is_ref], row=grams.row[~is_ref] - R, length=grams.length[R:],
+                       extra_order=grams.extra_order)
         first = np.concatenate([[0], np.cumsum([len(r) for r in references])])
-        table = self._tabulate(refs, first, extra)
-        return self._score(hyps, np.arange(len(hypotheses)), table, extra)
+        return self._score(hyps, np.arange(len(hypotheses)), self._tabulate(refs, first))
 
 
 # --- The COCO caption metrics -------------------------------------------------------------------------------------

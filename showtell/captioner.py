@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
-from .decoding import DecodeOptions, autocast, beam_search, resolve_precision
+from .decoding import DecodeOptions, autocast, resolve_precision
+from .encoders import EncoderOutput
 from .images import ImageError, load_image
 from .model import CaptionModel
 
 ENCODER_CPU_BATCH = 8
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A caption with where the model looked while choosing each word."""
+
+    text: str  # the same caption caption() gives with the same options
+    words: list[str]  # text.split()
+    attention: np.ndarray  # (len(words), h, w) float32, each map sums to 1
+    logprob: float
+    score: float
 
 
 class ScoredCaption(NamedTuple):
@@ -58,19 +71,46 @@ class Captioner:
     @torch.inference_mode()
     def caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions for a batch of preprocessed images (B, 3, H, W)."""
-        with autocast(self.device, self.precision):
-            return self._caption_tensors(pixels, opts)
+        hyps = self.model.generate(self.encode(pixels).for_decoder(self.model.feature_kind), opts)
+        return [[ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score) for h in per_image]
+                for per_image in hyps]
 
-    def _caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> EncoderOutput:
+        """Encoder features of preprocessed images, as float32. Only the encoder
+        runs in ``self.precision``: the decoder and beam search stay in float32,
+        where a small change in a score can change the chosen word."""
         x = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
         # On a CPU the encoder runs fastest in small batches (they stay in cache:
         # ~7 ms/photo at 1-8 photos against ~17 at 32); beam search gains from big ones.
         step = ENCODER_CPU_BATCH if self.device.type == "cpu" else len(x)
-        fmap = torch.cat([self.encoder(x[i:i + step]) for i in range(0, len(x), step)])
-        feats = self.model.decoder_input(fmap.float())
-        hyps = beam_search(self.model.decoder, feats, opts, self.vocab.end_id, self.vocab.start_id, self.vocab.unk_id)
-        return [[ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score) for h in per_image]
-                for per_image in hyps]
+        with autocast(self.device, self.precision):
+            parts = [self.model.encode_all(x[i:i + step]) for i in range(0, len(x), step)]
+        return EncoderOutput(torch.cat([p.pooled for p in parts]).float(),
+                             torch.cat([p.spatial for p in parts]).float(), parts[0].grid)
+
+    @torch.inference_mode()
+    def explain(self, image: Any, **options) -> Explanation:
+        """The best caption of one image and, for each word, the attention map
+        (h, w) over the encoder's grid that the decoder read while choosing it
+        (Show, Attend and Tell's soft attention). A decoder without attention
+        (NIC) raises ValueError."""
+        if not self.model.decoder.has_attention:
+            raise ValueError(f"this model's decoder ({self.model.cfg.decoder}) has no attention to show; "
+                             "explain() needs a show_attend_tell model")
+        opts = self.options(**options)
+        enc = self.encode(self.preprocessing(load_image(image)).unsqueeze(0))
+        feats = enc.for_decoder(self.model.feature_kind)
+        best = self.model.generate(feats, opts)[0][0]
+        # Teacher-forcing the chosen caption replays the decoder's steps exactly
+        # (eval mode: no dropout) and returns the attention behind each word.
+        v = self.vocab
+        ids = torch.tensor([[v.start_id] + best.tokens + [v.end_id]], device=self.device)
+        _, alphas = self.model(feats, ids, return_attention=True)  # (1, T+1, P)
+        words = v.decode(best.tokens)
+        h, w = enc.grid
+        attention = alphas[0, :len(words)].float().reshape(len(words), h, w).cpu().numpy()
+        return Explanation(" ".join(words), words, attention, best.logprob, best.score)
 
     def _load_chunk(self, images: Sequence[Any], chunk: range) -> tuple[list[int], list[torch.Tensor], dict]:
         ok, pixels, errors = [], [], {}

@@ -126,7 +126,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     opts = DecodeOptions(beam_size=args.beam_size, max_len=args.max_len)
     scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                             device=device, progress=not args.no_progress, captions_out=args.output,
-                            examples=args.show, precision=resolve_precision(args.precision, torch.device(device)))
+                            examples=args.show)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,

@@ -53,12 +53,18 @@ class TrainConfig:
     grad_clip: float = 5.0
     lr_decay: float = 0.8  # multiply the learning rate by this ...
     lr_decay_every: int = 3  # ... every this many epochs
-    early_stop_patience: int = 4  # epochs without a better val BLEU-4
+    early_stop_patience: int = 4  # epochs without a better validation score
+    select_metric: str = "cider"  # what picks best.pt and early stopping: "cider" (CIDEr-D) or "bleu4"
     val_max_images: int = 0  # 0 = the whole val split
     max_decode_len: int = 20
     seed: int = 0
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of epoch only
     amp: bool = True  # mixed precision, used only on CUDA
+    objective: str = "xe"  # "xe" (cross-entropy, teacher forcing) or "scst" (self-critical, CIDEr-D reward)
+    label_smoothing: float = 0.0  # xe only
+    attention_reg: float = 0.0  # xe, show_attend_tell: doubly stochastic attention (Xu et al. eq. 14)
+    scst_samples: int = 5  # captions sampled per image
+    scst_baseline: str = "mean"  # "mean" of the other samples or "greedy"
 
 
 def config_from_dict(cls: type, values: dict[str, Any]):

@@ -8,7 +8,9 @@
   over the encoder's spatial map, with the gating scalar beta).
 
 Both share one interface, used by training, greedy decoding and beam search:
-- ``forward(features, captions)``: teacher-forced logits;
+- ``forward(features, captions)``: teacher-forced logits; with
+  ``return_attention=True`` also the attention weights (B, T-1, P) of a decoder
+  that has them (``has_attention``), None for one that does not;
 - ``init_state(features)`` then ``step(tokens, state)``: one word at a time,
   the state carried along (every state tensor has the batch on dim 0);
 - ``reorder_state(state, rows)``: the state of hypotheses ``rows``, for beam
@@ -28,6 +30,7 @@ State = tuple[torch.Tensor, ...]
 
 class ShowTellDecoder(nn.Module):
     feature_kind = "pooled"
+    has_attention = False
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, feature_dim: int):
         super().__init__()
@@ -38,14 +41,15 @@ class ShowTellDecoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False):
         """features (B, C), captions (B, T) = <start> w1 .. <end> <pad>..
-        -> logits (B, T-1, V) predicting captions[:, 1:]."""
+        -> logits (B, T-1, V) predicting captions[:, 1:] (and None: no attention)."""
         img = self.image_embed(features).unsqueeze(1)  # (B, 1, E)
         words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
         # No dropout on the image step: it is the only view of the photo the LSTM gets.
         out, _ = self.lstm(torch.cat([img, words], dim=1))  # (B, T, H)
-        return self.out(self.dropout(out[:, 1:]))  # the image step predicts nothing
+        logits = self.out(self.dropout(out[:, 1:]))  # the image step predicts nothing
+        return (logits, None) if return_attention else logits
 
     def init_state(self, features: torch.Tensor) -> State:
         _, (h, c) = self.lstm(self.image_embed(features).unsqueeze(1))  # (L, B, H) each
@@ -63,6 +67,7 @@ class ShowTellDecoder(nn.Module):
 
 class ShowAttendTellDecoder(nn.Module):
     feature_kind = "spatial"
+    has_attention = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, feature_dim: int):
         super().__init__()
@@ -91,11 +96,16 @@ class ShowAttendTellDecoder(nn.Module):
         context = torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)  # (B, D)
         return torch.sigmoid(self.gate(h)) * context, alpha
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def step_with_attention(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """Like :meth:`step`, also returning the attention (B, P) behind the next word."""
         h, c, feats, keys = state
-        context, _ = self._attend(h, feats, keys)
+        context, alpha = self._attend(h, feats, keys)
         h, c = self.cell(torch.cat([self.embed(tokens), context], dim=1), (h, c))
-        return self.out(self.dropout(h)), (h, c, feats, keys)
+        return self.out(self.dropout(h)), (h, c, feats, keys), alpha
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        logits, state, _ = self.step_with_attention(tokens, state)
+        return logits, state
 
     def reorder_state(self, state: State, rows: torch.Tensor) -> State:
         h, c, feats, keys = state
@@ -103,14 +113,17 @@ class ShowAttendTellDecoder(nn.Module):
         # a reorder within an image leaves them unchanged (no 2 x (B*k, P, D) copy per step).
         return h.index_select(0, rows), c.index_select(0, rows), feats, keys
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-        """features (B, P, C), captions (B, T) -> logits (B, T-1, V)."""
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False):
+        """features (B, P, C), captions (B, T) -> logits (B, T-1, V), and with
+        ``return_attention`` the attention weights (B, T-1, P) behind each word."""
         state = self.init_state(features)
-        logits = []
+        logits, alphas = [], []
         for t in range(captions.size(1) - 1):
-            step_logits, state = self.step(captions[:, t], state)
+            step_logits, state, alpha = self.step_with_attention(captions[:, t], state)
             logits.append(step_logits)
-        return torch.stack(logits, dim=1)
+            alphas.append(alpha)
+        logits = torch.stack(logits, dim=1)
+        return (logits, torch.stack(alphas, dim=1)) if return_attention else logits
 
 
 DECODERS = {"show_tell": ShowTellDecoder, "show_attend_tell": ShowAttendTellDecoder}

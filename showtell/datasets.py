@@ -45,22 +45,67 @@ def read_flickr8k(root: str, split: str) -> list[ImageCaptions]:
     _require_file(token_file, "Flickr8k caption file")
     _require_file(split_file, "Flickr8k split file")
     captions: dict[str, list[str]] = {}
-    with open(token_file, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            key, sep, text = line.partition("\t")
-            if not sep or "#" not in key:
-                raise DatasetError(f"{token_file}:{line_no}: expected 'IMAGE.jpg#k<TAB>caption'")
-            captions.setdefault(key.rsplit("#", 1)[0], []).append(text.strip())
-    with open(split_file, encoding="utf-8") as f:
-        names = [line.strip() for line in f if line.strip()]
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                key, sep, text = line.partition("\t")
+                if not sep or "#" not in key:
+                    raise DatasetError(f"{token_file}:{line_no}: expected 'IMAGE.jpg#k<TAB>caption'")
+                captions.setdefault(key.rsplit("#", 1)[0], []).append(text.strip())
+        with open(split_file, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"a Flickr8k file under {root} is not UTF-8 text ({e.reason})") from None
     missing = [n for n in names if n not in captions]
     if missing:
         raise DatasetError(f"{len(missing)} images of {split_file} have no captions, e.g. {missing[0]}")
     image_dir = os.path.join(root, "Images")
     return [ImageCaptions(n, os.path.join(image_dir, n), tuple(captions[n])) for n in names]
+
+
+def _read_json(path: str, what: str):
+    """The parsed JSON of ``path``; a file that is not UTF-8 JSON is a DatasetError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not a {what}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not a {what}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{path} is not a {what}: JSON nested too deeply") from None
+
+
+def _check_coco(data, path: str) -> None:
+    """Raise DatasetError naming the first image or annotation entry that a
+    captions file cannot hold, before pycocotools indexes it."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise DatasetError(f"{path} is not a COCO captions file: it needs 'images' and 'annotations' lists")
+    for i, info in enumerate(data["images"]):
+        where = f"{path}: images[{i}]"
+        if not isinstance(info, dict):
+            raise DatasetError(f"{where} is {type(info).__name__}, not an object")
+        if not isinstance(info.get("id"), (int, str)) or isinstance(info.get("id"), bool):
+            raise DatasetError(f"{where} has no usable 'id'")
+        where = f"{path}: image id {info['id']} (images[{i}])"
+        if not isinstance(info.get("file_name"), str) or not info["file_name"]:
+            raise DatasetError(f"{where} has no 'file_name' (the image file it names)")
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise DatasetError(f"{where} is {type(ann).__name__}, not an object")
+        where = f"{path}: annotation id {ann.get('id', '?')} (annotations[{i}], image id {ann.get('image_id', '?')})"
+        if "image_id" not in ann or "id" not in ann:
+            raise DatasetError(f"{where} lacks 'image_id' or 'id'")
+        if "caption" not in ann:
+            raise DatasetError(f"{where} has no 'caption': is this an instances file, not a captions file?")
+        if not isinstance(ann["caption"], str):
+            raise DatasetError(f"{where}: the caption is {type(ann['caption']).__name__} "
+                               f"{ann['caption']!r:.60}, not text")
 
 
 def read_coco(annotation_file: str, image_dir: str) -> list[ImageCaptions]:
@@ -69,21 +114,43 @@ def read_coco(annotation_file: str, image_dir: str) -> list[ImageCaptions]:
     _require_file(annotation_file, "COCO annotation file")
     from pycocotools.coco import COCO
 
+    data = _read_json(annotation_file, "COCO captions file")
+    _check_coco(data, annotation_file)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco = COCO()
+        coco.dataset = data
         try:
-            coco = COCO(annotation_file)
-        except (KeyError, AssertionError, json.JSONDecodeError) as e:
+            coco.createIndex()
+        except (KeyError, TypeError) as e:
             raise DatasetError(f"{annotation_file} is not a COCO captions file: {e!r}") from e
     items = []
-    for image_id in sorted(coco.getImgIds()):
+    for image_id in sorted(coco.getImgIds(), key=lambda i: (isinstance(i, str), i)):
         info = coco.loadImgs(image_id)[0]
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
-        caps = tuple(a["caption"].strip() for a in anns if a.get("caption"))
+        caps = tuple(a["caption"].strip() for a in anns if a["caption"].strip())
         if caps:
             items.append(ImageCaptions(str(image_id), os.path.join(image_dir, info["file_name"]), caps))
     if not items:
         raise DatasetError(f"{annotation_file} holds no captions")
     return items
+
+
+def _karpathy_captions(entry: dict, where: str) -> tuple[str, ...]:
+    sentences = entry.get("sentences", [])
+    if not isinstance(sentences, list):
+        raise DatasetError(f"{where}: 'sentences' is {type(sentences).__name__}, not a list")
+    caps = []
+    for j, s in enumerate(sentences):
+        if not isinstance(s, dict):
+            raise DatasetError(f"{where}: sentences[{j}] is {type(s).__name__}, not an object")
+        raw, tokens = s.get("raw"), s.get("tokens")
+        if isinstance(raw, str) and raw.strip():
+            caps.append(raw.strip())
+        elif isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens):
+            caps.append(" ".join(tokens))
+        else:
+            raise DatasetError(f"{where}: sentences[{j}] has neither a 'raw' text nor a 'tokens' list of words")
+    return tuple(caps)
 
 
 def read_karpathy(split_file: str, image_root: str, split: str) -> list[ImageCaptions]:
@@ -93,24 +160,27 @@ def read_karpathy(split_file: str, image_root: str, split: str) -> list[ImageCap
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; expected one of {SPLITS}")
     _require_file(split_file, "Karpathy split file")
-    with open(split_file, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{split_file} is not valid JSON: {e}") from e
+    data = _read_json(split_file, "Karpathy split file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{split_file} has no 'images' list: not a Karpathy split file")
     wanted = {"train", "restval"} if split == "train" else {split}
     items = []
-    for entry in data["images"]:
+    for i, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{split_file}: images[{i}] is {type(entry).__name__}, not an object")
         if entry.get("split") not in wanted:
             continue
-        path = os.path.join(image_root, entry.get("filepath", ""), entry["filename"])
-        image_id = str(entry.get("cocoid", entry.get("imgid", entry["filename"])))
-        caps = tuple(s["raw"].strip() if s.get("raw") else " ".join(s["tokens"])
-                     for s in entry.get("sentences", []))
+        ident = entry.get("cocoid", entry.get("imgid"))
+        where = f"{split_file}: images[{i}]" + (f" (id {ident})" if ident is not None else "")
+        filename, filepath = entry.get("filename"), entry.get("filepath", "")
+        if not isinstance(filename, str) or not filename:
+            raise DatasetError(f"{where} has no 'filename'")
+        if not isinstance(filepath, str):
+            raise DatasetError(f"{where}: 'filepath' is {type(filepath).__name__}, not a folder name")
+        caps = _karpathy_captions(entry, where)
         if caps:
-            items.append(ImageCaptions(image_id, path, caps))
+            items.append(ImageCaptions(str(ident if ident is not None else filename),
+                                       os.path.join(image_root, filepath, filename), caps))
     return items
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import pickle
 from typing import Callable, NamedTuple
 
 import torch
@@ -242,13 +243,25 @@ def build_encoder(name: str, *, weights: str | None = "default") -> ImageEncoder
 
 
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file, read without running code; any file
+    that is not one raises CheckpointError (a ValueError) naming the problem."""
+    from .checkpoint import CheckpointError, unpickling_problem  # here: checkpoint imports this module lazily too
+
+    if os.path.isdir(path):
+        raise CheckpointError(f"encoder weights {path} is a folder, not a weights file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"encoder weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # save a plain state_dict: torch.save(model.state_dict(), path)
+        raise CheckpointError(unpickling_problem(path, e, "weights")) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable weights file ({e})") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path} does not hold a state_dict (names to tensors)")
     return state
 
 

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import remove_stale_temporaries
 from .datasets import ImageCaptions
 from .encoders import ImageEncoder
 from .images import ImageError, load_image
@@ -139,6 +140,7 @@ class FeatureCache:
 
     def _build(self, folder, items, encoder, batch_size, num_workers, device, progress, desc):
         os.makedirs(os.path.dirname(folder), exist_ok=True)
+        remove_stale_temporaries(os.path.dirname(folder))  # builds of killed processes
         tmp = f"{folder}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)

@@ -2,14 +2,21 @@
 
 This is the one preprocessing path: feature caching, training, ``caption()``
 and the web app all call :func:`load_image` then :meth:`Preprocessing.__call__`.
+
+Every input is treated as hostile: a path is read only if it is a regular
+file no larger than ``max_bytes`` (never a FIFO or a device, never blocking),
+only the promised formats are decoded, any failure of the decoder becomes an
+:class:`ImageError`, and a large photo is decoded or shrunk to a little over
+the encoder's input size so one request never holds more than the decoded
+pixels once (see ``benchmarks/bench_image_memory.py``).
 """
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,44 +24,154 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Photos beyond this many pixels (about 8,000 x 8,000) are refused as
-# decompression bombs: a caption needs 224 x 224, and decoding a huge image
-# would take gigabytes of memory in the web app.
+# decompression bombs: a caption needs 224 x 224. Pillow holds RGB as 4 bytes
+# a pixel, so the largest photo accepted costs 256 MB while decoded; every
+# other buffer of a request is kept small (see _shrink_to_rgb), which keeps a
+# request under the 300 MB the web app budgets for it.
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# The most bytes read from one file or accepted as raw bytes: the web app's
+# upload limit. A parameter of load_image; it can be raised, never removed,
+# since an unbounded read is how /dev/zero or a 3 GB file exhausts memory.
+MAX_IMAGE_BYTES = 10_000_000
+
+# The model squashes the whole frame to a square, so a 1:20 strip is already
+# stretched twentyfold and its caption is noise; wider than that is no photo
+# (phone panoramas reach about 1:10). The bound also caps the cost of
+# resizing: the filter's support grows with the long side's shrink factor,
+# and a 1 x 64,000,000 strip needed gigabytes of filter coefficients.
+MAX_ASPECT_RATIO = 20
+
+# The formats the README promises; Pillow's other decoders (QOI, DDS, AVIF,
+# PSD, ...) are never run on user input. MPO (phone JPEGs holding several
+# pictures) is opened by the JPEG decoder.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+_ORIENTATION = 0x0112
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_STRIP_PIXELS = 2_000_000  # pixels converted at a time when shrinking a large photo
 
 
 class ImageError(ValueError):
     """An input that cannot be captioned; the message says why."""
 
 
-def _describe(source: Any) -> str:
+def _name(source: Any) -> str:
+    """How an error message names ``source``: its path (shortened when absurdly long)."""
     if isinstance(source, (str, os.PathLike)):
-        return str(source)
+        text = os.fsdecode(source) if not isinstance(source, str) else source
+        return text if len(text) <= 200 else f"{text[:120]}...{text[-60:]} ({len(text):,} characters)"
     return type(source).__name__
 
 
-def _open_bytes(data: bytes, name: str) -> Image.Image:
+def _check_max_bytes(max_bytes: Any) -> int:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive number of bytes, not {max_bytes!r}: "
+                         "reads are always bounded (raise the limit instead)")
+    return max_bytes
+
+
+def _check_size(width: int, height: int) -> None:
+    """Refuse sizes no caption needs, before any pixel is decoded."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"the image has no pixels ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"the image is too large ({width}x{height}; limit {MAX_IMAGE_PIXELS:,} pixels)")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(f"the image is {width}x{height}, too long and thin to caption "
+                         f"(aspect ratio over {MAX_ASPECT_RATIO}:1)")
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"is {kind}, not an image file"
+
+
+def _read_file(path: Any, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``. Never blocks (a FIFO
+    is refused before it is opened, and opened non-blocking should it be swapped
+    in meanwhile) and never reads more than ``max_bytes + 1`` bytes."""
+    name = _name(path)
+    try:
+        info = os.stat(path)  # follows symlinks: a link to /dev/zero is a device
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except (OSError, ValueError) as e:  # ENAMETOOLONG, ELOOP, EACCES; a NUL byte in the path
+        raise ImageError(f"{name}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    problem = _not_regular(info.st_mode)
+    if problem:
+        raise ImageError(f"{name}: {problem}")
+    if info.st_size > max_bytes:
+        raise ImageError(f"{name}: the file is {info.st_size:,} bytes, over the limit of {max_bytes:,}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise ImageError(f"{name}: cannot be read ({e.strerror or e})") from None
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode)  # the file opened, should the path have changed
+        if problem:
+            raise ImageError(f"{name}: {problem}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)  # + 1 tells a file that grew past the limit
+    except OSError as e:
+        raise ImageError(f"{name}: cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ImageError(f"{name}: the file is over the limit of {max_bytes:,} bytes")
+    return data
+
+
+def _open_bytes(data: bytes, name: str, target_size: tuple[int, int] | None) -> Image.Image:
+    """Decode ``data`` (one of FORMATS), at reduced scale when the format allows.
+    Any failure of the decoder, whatever it raises, is an ImageError."""
     if len(data) == 0:
         raise ImageError(f"{name}: the file is empty (zero bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+            _check_size(*img.size)
+            if target_size is not None and img.format == "JPEG":
+                # libjpeg decodes at 1/2, 1/4 or 1/8 scale for the price of the
+                # smaller image; draft() never goes below the size asked, and
+                # twice the target keeps the final resize a true downscale.
+                side = 2 * max(target_size)
+                img.draft(None, (side, side))
             img.load()  # decode now, so a truncated file fails here
+    except ImageError as e:
+        raise ImageError(f"{name}: {e}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name}: the image is too large to decode safely "
                          f"(limit {MAX_IMAGE_PIXELS:,} pixels): {e}") from e
     except UnidentifiedImageError as e:
-        raise ImageError(f"{name}: not an image (Pillow cannot identify the format)") from e
+        raise ImageError(f"{name}: not an image in a supported format "
+                         f"({', '.join(FORMATS)}; Pillow cannot identify it as one)") from e
+    except MemoryError:
+        raise ImageError(f"{name}: ran out of memory decoding the image") from None
     except OSError as e:
         raise ImageError(f"{name}: the image file is truncated or corrupt ({e})") from e
-    except (SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{name}: the image file is corrupt ({e})") from e
+    except Exception as e:  # a decoder bug on a hostile file (IndexError, struct.error, ...)
+        raise ImageError(f"{name}: the image file is corrupt ({type(e).__name__}: {e})") from e
     return img
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:
+    if arr.dtype.kind not in "biuf":
+        raise ImageError(f"numpy array of dtype {arr.dtype} is not an image: expected unsigned or "
+                         "signed integers, floats or booleans")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
@@ -62,35 +179,46 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
                          "(H, W, 3) or (H, W, 4)")
     if arr.size == 0:
         raise ImageError("numpy array is empty")
-    if np.issubdtype(arr.dtype, np.floating):
+    _check_size(arr.shape[1], arr.shape[0])
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8) * np.uint8(255)  # a mask: True is white
+    elif arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
             raise ImageError("numpy array holds NaN or infinite values")
         # Floats are taken as 0..1 when they fit, else as 0..255.
         scale = 255.0 if arr.max() <= 1.0 else 1.0
         arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
-    elif arr.dtype == np.uint16:
+    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
         arr = (arr >> 8).astype(np.uint8)
     elif arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Apply EXIF orientation and convert any mode (grayscale, palette,
-    RGBA, CMYK, 16-bit) to 8-bit RGB. Transparency is laid over white."""
-    w, h = img.size
-    if w * h > MAX_IMAGE_PIXELS:
-        raise ImageError(f"the image is too large ({w}x{h}; limit {MAX_IMAGE_PIXELS:,} pixels)")
-    if w == 0 or h == 0:
-        raise ImageError("the image has no pixels")
-    img = ImageOps.exif_transpose(img)
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored), read the way ImageOps.exif_transpose does."""
+    value = img.getexif().get(_ORIENTATION, 1)
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def _convert_modes(img: Image.Image, peak: float | None = None) -> Image.Image:
+    """Any mode to 8-bit RGB, transparency laid over white. ``peak`` is the
+    largest value of the whole image for modes I and F (the scale depends on
+    it), given when ``img`` is one strip of a larger image."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.int64)
-        hi = 65535 if img.mode.startswith("I;16") or arr.max() > 255 else 255
+        if peak is None:
+            peak = arr.max()
+        hi = 65535 if img.mode.startswith("I;16") or peak > 255 else 255
         img = Image.fromarray((np.clip(arr, 0, hi) * (255.0 / hi)).round().astype(np.uint8))
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
-        img = _array_to_image(arr)
+        if not np.isfinite(arr).all():
+            raise ImageError("the image holds NaN or infinite values")
+        if peak is None:
+            peak = arr.max()
+        scale = 255.0 if peak <= 1.0 else 1.0  # 0..1 when the values fit, else 0..255
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).round().astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -102,41 +230,104 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(source: Any) -> Image.Image:
+def _shrink_to_rgb(img: Image.Image, factors: tuple[int, int]) -> Image.Image:
+    """``img`` in RGB, reduced by whole ``factors`` (box filter), converted and
+    reduced a strip at a time: the full-size image is never copied, whatever
+    its mode (an 8000 x 8000 palette image would take 256 MB more as RGB)."""
+    fx, fy = factors
+    w, h = img.size
+    peak = None
+    if img.mode in ("I", "F"):
+        peak = img.getextrema()[1]
+    out = Image.new("RGB", (-(-w // fx), -(-h // fy)))
+    rows = fy * max(1, _STRIP_PIXELS // (w * fy))  # a multiple of fy: strips reduce like the whole
+    for top in range(0, h, rows):
+        strip = _convert_modes(img.crop((0, top, w, min(h, top + rows))), peak)
+        out.paste(strip.reduce((fx, fy)), (0, top // fy))
+    return out
+
+
+def to_rgb(img: Image.Image, target_size: tuple[int, int] | None = None) -> Image.Image:
+    """Apply EXIF orientation and convert any mode (grayscale, palette,
+    RGBA, CMYK, 16-bit) to 8-bit RGB. Transparency is laid over white.
+
+    With ``target_size`` (height, width: what the image will be resized to), a
+    photo more than four times that size is first shrunk by a whole factor to
+    no less than twice it, without a full-size copy."""
+    w, h = img.size
+    _check_size(w, h)
+    side = 2 * max(target_size) if target_size is not None else None
+    factors = (max(1, w // side), max(1, h // side)) if side else (1, 1)
+    orientation = _orientation(img)
+    if factors != (1, 1):
+        img = _shrink_to_rgb(img, factors)
+        return img.transpose(_TRANSPOSE[orientation]) if orientation != 1 else img
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)  # only now: without a rotation it would copy
+    return _convert_modes(img)
+
+
+def _check_target_size(target_size: Any) -> tuple[int, int] | None:
+    if target_size is None:
+        return None
+    if (not isinstance(target_size, (tuple, list)) or len(target_size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in target_size)):
+        raise ValueError(f"target_size must be (height, width) in pixels, not {target_size!r}")
+    return tuple(target_size)
+
+
+def load_image(source: Any, *, max_bytes: int = MAX_IMAGE_BYTES,
+               target_size: tuple[int, int] | None = None) -> Image.Image:
     """An RGB ``PIL.Image`` from a path, raw bytes, a ``PIL.Image`` or a numpy
-    array. Raises :class:`ImageError` naming the problem for anything else."""
+    array. Raises :class:`ImageError` naming the problem for anything else.
+
+    ``max_bytes`` bounds what is read from a file or accepted as bytes (it can
+    be raised, not removed). ``target_size`` (height, width), e.g.
+    ``Preprocessing.size``, lets a large photo be decoded or shrunk to about
+    twice that size, which bounds memory; photos up to four times that size
+    come back unchanged, so their preprocessed tensors stay bit-identical.
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+    target_size = _check_target_size(target_size)
+    name = _name(source)
     if isinstance(source, Image.Image):
         img = source
         try:
+            _check_size(*img.size)
             img.load()
+        except ImageError:
+            raise
+        except MemoryError:
+            raise ImageError("ran out of memory decoding the PIL.Image") from None
         except OSError as e:
             raise ImageError(f"the image is truncated or corrupt ({e})") from e
+        except Exception as e:  # "Operation on closed image", a lazy decoder's failure
+            raise ImageError(f"the PIL.Image cannot be read: closed, or not decodable "
+                             f"({type(e).__name__}: {e})") from e
     elif isinstance(source, np.ndarray):
         img = _array_to_image(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        img = _open_bytes(bytes(source), "image bytes")
+        size = source.nbytes if isinstance(source, memoryview) else len(source)
+        if size > max_bytes:
+            raise ImageError(f"image bytes: {size:,} bytes, over the limit of {max_bytes:,}")
+        img = _open_bytes(bytes(source), "image bytes", target_size)
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ImageError(f"{path}: no such file")
-        if path.is_dir():
-            raise ImageError(f"{path}: is a folder, not an image file")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(f"{path}: cannot be read ({e.strerror})") from e
-        img = _open_bytes(data, str(path))
+        img = _open_bytes(_read_file(source, max_bytes), name, target_size)
     else:
         raise ImageError(f"cannot caption an object of type {type(source).__name__}: give a path, bytes, "
                          "a PIL.Image or a numpy array")
     try:
-        return to_rgb(img)
+        return to_rgb(img, target_size)
     except ImageError as e:
         if isinstance(source, (str, os.PathLike)):
-            raise ImageError(f"{source}: {e}") from e
+            raise ImageError(f"{name}: {e}") from e
         raise
+    except MemoryError:
+        raise ImageError(f"{name}: ran out of memory converting the image to RGB") from None
     except OSError as e:
-        raise ImageError(f"{_describe(source)}: the image is truncated or corrupt ({e})") from e
+        raise ImageError(f"{name}: the image is truncated or corrupt ({e})") from e
+    except Exception as e:  # malformed EXIF, an unusual mode Pillow cannot convert
+        raise ImageError(f"{name}: the image cannot be converted to RGB ({type(e).__name__}: {e})") from e
 
 
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_resumable, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .datasets import ImageCaptions, load_split
 from .decoding import DecodeOptions
@@ -296,10 +296,7 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
     last_path = os.path.join(out_dir, "last.pt")
     ckpt, start_from = None, None
     if resume and os.path.exists(last_path):
-        ckpt = load_checkpoint(last_path)
-        if "training" not in ckpt:
-            raise CheckpointError(f"{last_path} holds a model, not a resumable run: start a new run from it "
-                                  f"with --init-from {last_path}")
+        ckpt = load_resumable(last_path)
         model_cfg = config_from_dict(ModelConfig, ckpt["model_config"])
         data_cfg = config_from_dict(DataConfig, ckpt["data_config"])
         train_cfg = config_from_dict(TrainConfig, ckpt["train_config"])

@@ -1,0 +1,105 @@
+"""Peak memory of one caption request, per kind of image.
+
+Each case runs in a fresh process: load the captioner (the bundled model, or
+--checkpoint), read the resident set size (idle), reset the peak, caption the
+image once, and report the peak resident set size above idle. That is what
+one request costs a server that has already loaded its model.
+
+    python benchmarks/bench_image_memory.py [--checkpoint model.pt] [--keep DIR]
+
+The issue's target: no request above 300 MB over idle.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from _common import ROOT, machine
+from PIL import Image
+
+# Run inside the child: the request is Captioner.__call__, what caption() and the web app run.
+CHILD = r"""
+import sys
+from showtell.captioner import Captioner
+from showtell.images import ImageError
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))  # kB
+
+captioner = Captioner(sys.argv[2] or None, device="cpu")
+captioner("examples/cat.jpg")  # warm up: first-call allocations are not the request's
+idle = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset VmHWM (the peak) to the current RSS
+try:
+    result = captioner(sys.argv[1])
+except ImageError as e:
+    result = f"ImageError: {e}"
+print(f"{(status('VmHWM') - idle) / 1024:.0f}\t{str(result)[:90]}")
+"""
+
+
+def _gradient(width: int, height: int) -> np.ndarray:
+    """An RGB picture that compresses well (like the issue's 124-187 KB files)
+    without being flat: a diagonal gradient with bands."""
+    x = (np.arange(width, dtype=np.uint32) * 255 // max(width - 1, 1)).astype(np.uint8)
+    y = (np.arange(height, dtype=np.uint32) * 255 // max(height - 1, 1)).astype(np.uint8)
+    rgb = np.empty((height, width, 3), dtype=np.uint8)
+    rgb[..., 0] = x[None, :]
+    rgb[..., 1] = y[:, None]
+    rgb[..., 2] = (x[None, :] // 32) * 32
+    return rgb
+
+
+def make_cases(folder: str) -> list[tuple[str, str]]:
+    """(description, path) of each image, written into ``folder``."""
+    cases = []
+
+    def save(name, desc, img, **kw):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            img.save(path, **kw)
+        cases.append((f"{desc} ({os.path.getsize(path) / 1e3:,.0f} kB)", path))
+
+    normal = Image.open(os.path.join(ROOT, "examples", "cat.jpg")).convert("RGB").resize((500, 375))
+    save("normal-500x375.jpg", "JPEG 500 x 375 (a normal photo)", normal, quality=90)
+    save("strip-1x64M.png", "PNG 1 x 64,000,000 (grayscale)", Image.new("L", (1, 64_000_000), 128))
+    big = Image.fromarray(_gradient(8000, 8000))
+    save("big-8000.png", "PNG 8000 x 8000 RGB", big, compress_level=9)
+    save("big-8000.jpg", "JPEG 8000 x 8000", big, quality=90)
+    save("big-8000-rgba.png", "PNG 8000 x 8000 RGBA", big.convert("RGBA"), compress_level=9)
+    save("big-8000-16bit.png", "PNG 8000 x 8000 16-bit grayscale",
+         Image.fromarray(_gradient(8000, 8000)[..., 0].astype(np.uint16) * 257), compress_level=9)
+    save("big-8000-palette.png", "PNG 8000 x 8000 palette", big.quantize(16), compress_level=9)
+    return cases
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="")
+    p.add_argument("--keep", default="", help="folder for the test images (kept between runs)")
+    args = p.parse_args()
+    print(f"machine: {machine()}")
+    folder = args.keep or tempfile.mkdtemp(prefix="bench-image-memory-")
+    os.makedirs(folder, exist_ok=True)
+    cases = make_cases(folder)
+    print(f"{'case':<50} {'peak MB over idle':>18}  result")
+    for desc, path in cases:
+        out = subprocess.run([sys.executable, "-c", CHILD, path, args.checkpoint], cwd=ROOT,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+        if out.returncode != 0:
+            print(f"{desc:<50} {'failed':>18}  {out.stderr.strip().splitlines()[-1]}")
+            continue
+        mb, result = out.stdout.strip().split("\t", 1)
+        print(f"{desc:<50} {mb:>18}  {result}")
+    if not args.keep:
+        for _, path in cases:
+            os.unlink(path)
+        os.rmdir(folder)
+
+
+if __name__ == "__main__":
+    main()

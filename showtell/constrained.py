@@ -40,7 +40,7 @@ class ConstrainedResult:
     satisfied: bool
 
 
-def _word_bits(constraints: Sequence[Sequence[Constraint]], n_states_bits: int, vocab_size: int,
+def _word_bits(constraints: Sequence[Sequence[Constraint]], n_constraints: int, vocab_size: int,
                special: set[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, V) bitmask of the constraints each word meets, and (B,) each image's
     start state: constraints an image does not have count as met from the start."""
@@ -57,7 +57,7 @@ def _word_bits(constraints: Sequence[Sequence[Constraint]], n_states_bits: int, 
                 if int(w) in special:
                     raise ValueError(f"image {i}: constraint word id {w} is a special token (<start>, <end> or <unk>)")
             bits[i, words] |= 1 << c
-        start[i] = sum(1 << c for c in range(len(per_image), n_states_bits))
+        start[i] = sum(1 << c for c in range(len(per_image), n_constraints))
     return bits.to(device), start.to(device)
 
 

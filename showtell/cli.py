@@ -222,9 +222,10 @@ def check_dataset_paths(cfg: DataConfig, splits: Sequence[str]) -> None:
     seconds to parse; the training run reads it once, later)."""
     if cfg.dataset == "flickr8k":
         _need_folder(cfg.data_root, "--data-root", "the Flickr8k folder")
-        _need_file(os.path.join(cfg.data_root, "Flickr8k.token.txt"), "--data-root",
-                   "Flickr8k's Flickr8k.token.txt, split files and Images/")
-        _need_folder(os.path.join(cfg.data_root, "Images"), "--data-root", "Flickr8k's Images/ folder")
+        for name in ("Flickr8k.token.txt", "Images"):
+            if not os.path.exists(os.path.join(cfg.data_root, name)):
+                raise UsageError(f"--data-root {cfg.data_root}: no {name} there (a Flickr8k folder holds the "
+                                 f"original files: Flickr8k.token.txt, the Flickr_8k.*Images.txt splits, Images/)")
     elif cfg.dataset == "karpathy":
         _need_file(cfg.annotations, "--annotations", "a Karpathy split file such as dataset_coco.json")
         _need_folder(cfg.image_root or cfg.data_root, "--image-root", "the folder its image paths are relative to")

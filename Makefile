@@ -11,6 +11,8 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt -r requirements-eval.txt
+	$(PY) -m pip install "setuptools>=70.1"
+	$(PY) -m pip install -e . --no-deps --no-build-isolation
 	touch $(STAMP)
 
 setup: $(STAMP)

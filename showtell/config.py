@@ -8,9 +8,39 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+
+def _check(cfg: Any, name: str, kind: type, lo: float | None = None, hi: float | None = None, *,
+           lo_open: bool = False) -> None:
+    """Raise ``ValueError``/``TypeError`` naming the field (and its train.py flag)
+    unless ``cfg.name`` is a ``kind`` (int, float or bool; a bool is not a
+    number) within [lo, hi] (``lo_open``: strictly above lo) and finite."""
+    value = getattr(cfg, name)
+    label = f"{name} (--{name.replace('_', '-')})"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{label} must be true or false, got {value!r}")
+        return
+    numeric = numbers.Integral if kind is int else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        what = "a whole number" if kind is int else "a number"
+        raise TypeError(f"{label} must be {what}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{label} must be finite, got {value!r}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ValueError(f"{label} must be {'above' if lo_open else 'at least'} {lo:g}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ValueError(f"{label} must be at most {hi:g}, got {value!r}")
+
+
+def _check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise ValueError(f"{name} (--{name.replace('_', '-')}) must be one of {', '.join(choices)}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +55,18 @@ class ModelConfig:
     num_layers: int = 1  # show_tell only
     dropout: float = 0.5
     fine_tune_encoder: bool = False  # train the encoder's last stage too
+
+    def __post_init__(self):
+        # Names are checked against the registries where the model is built
+        # (encoders.build_encoder, decoders.build_decoder): importing them here
+        # would make this module depend on torch.
+        for name in ("encoder", "decoder"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"{name} (--{name}) must be a name, got {getattr(self, name)!r}")
+        for name in ("embed_dim", "hidden_dim", "attention_dim", "num_layers"):
+            _check(self, name, int, 1)
+        _check(self, "dropout", float, 0.0, 0.99)
+        _check(self, "fine_tune_encoder", bool)
 
 
 @dataclass(frozen=True)
@@ -41,6 +83,19 @@ class DataConfig:
     val_split: str = "val"
     min_word_count: int = 5
     max_caption_len: int = 40  # words; longer training captions are truncated
+
+    DATASETS = ("flickr8k", "coco", "karpathy")  # not a field: the readers in showtell.datasets
+    SPLITS = ("train", "val", "test")
+
+    def __post_init__(self):
+        _check_choice(self, "dataset", self.DATASETS)
+        for name in ("data_root", "image_root", "annotations", "val_annotations", "val_image_root"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} (--{name.replace('_', '-')}) must be a path, got {getattr(self, name)!r}")
+        _check_choice(self, "train_split", self.SPLITS)
+        _check_choice(self, "val_split", self.SPLITS)
+        _check(self, "min_word_count", int, 1)
+        _check(self, "max_caption_len", int, 1)
 
 
 @dataclass(frozen=True)
@@ -67,6 +122,27 @@ class TrainConfig:
     attention_reg: float = 0.0  # xe, show_attend_tell: doubly stochastic attention (Xu et al. eq. 14)
     scst_samples: int = 5  # captions sampled per image
     scst_baseline: str = "mean"  # "mean" of the other samples or "greedy"
+
+    OBJECTIVES = ("xe", "scst")
+    SELECT_METRICS = ("cider", "bleu4")
+    SCST_BASELINES = ("mean", "greedy")
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "lr_decay_every", "early_stop_patience", "max_decode_len"):
+            _check(self, name, int, 1)
+        for name in ("val_max_images", "seed", "checkpoint_every"):
+            _check(self, name, int, 0)
+        for name in ("lr", "encoder_lr", "grad_clip"):
+            _check(self, name, float, 0.0, lo_open=True)
+        _check(self, "weight_decay", float, 0.0)
+        _check(self, "lr_decay", float, 0.0, 1.0, lo_open=True)
+        _check(self, "amp", bool)
+        _check(self, "label_smoothing", float, 0.0, 1.0)
+        _check(self, "attention_reg", float, 0.0)
+        _check(self, "scst_samples", int, 2 if self.scst_baseline == "mean" else 1)
+        _check_choice(self, "objective", self.OBJECTIVES)
+        _check_choice(self, "select_metric", self.SELECT_METRICS)
+        _check_choice(self, "scst_baseline", self.SCST_BASELINES)
 
 
 class ConfigError(ValueError):

@@ -28,12 +28,31 @@ class DecodeOptions:
     ban_unk: bool = True  # an <unk> caption is never preferred
 
     def __post_init__(self):
+        # Strict types: "5" or 2.5 would fail deep inside beam search, and a
+        # bool is an int to Python but never a sensible beam size.
+        import math
+        import numbers
+
+        for name in ("beam_size", "n_best", "max_len", "min_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be a whole number, got {value!r}")
+        lp = self.length_penalty
+        if isinstance(lp, bool) or not isinstance(lp, numbers.Real):
+            raise TypeError(f"length_penalty must be a number, got {lp!r}")
+        if not math.isfinite(lp):
+            raise ValueError(f"length_penalty must be finite, got {lp!r}")
+        for name in ("block_repeat_trigrams", "block_repeat_words", "ban_unk"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
         if not 1 <= self.n_best <= self.beam_size:
             raise ValueError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best}")
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be at least 1, got {self.max_len}")
         if not 1 <= self.min_len <= self.max_len:
-            raise ValueError(f"need 1 <= min_len <= max_len, got {self.min_len} and {self.max_len}")
+            raise ValueError(f"min_len must be between 1 and max_len ({self.max_len}), got {self.min_len}")
 
 
 @dataclass(frozen=True)

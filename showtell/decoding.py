@@ -64,9 +64,10 @@ class Hypothesis:
 
 
 def constrain(logp: torch.Tensor, seqs: torch.Tensor, opts: DecodeOptions, end_id: int, unk_id: int) -> torch.Tensor:
-    """Mask forbidden next words in ``logp`` (N, V) given the words so far ``seqs`` (N, t)."""
+    """Mask forbidden next words in ``logp`` (N, V) given the words so far
+    ``seqs`` (N, t). Works in place (callers pass a fresh log_softmax: a copy
+    per step would be pure overhead) and returns ``logp``."""
     t = seqs.size(1)
-    logp = logp.clone()
     if opts.ban_unk:
         logp[:, unk_id] = NEG_INF
     if t < opts.min_len:

@@ -211,9 +211,12 @@ def sample(decoder, features: torch.Tensor, n: int, max_len: int, end_id: int, s
     out_tokens, out_logp, out_mask = [], [], []
     for _ in range(max_len + 1):
         logits, state = decoder.step(tokens, state)
-        logp = logits.float().log_softmax(-1)  # (B*n, V)
         if banned:
-            logp = logp.index_fill(1, torch.tensor(banned, device=dev), NEG_INF)
+            # Out of the distribution before normalising: were they only masked
+            # after it, every penalised sample would push probability mass onto
+            # them, unseen (self-critical training then fills captions with them).
+            logits = logits.index_fill(1, torch.tensor(banned, device=dev), NEG_INF)
+        logp = logits.float().log_softmax(-1)  # (B*n, V)
         with torch.no_grad():
             # Gumbel-max: argmax(logp + Gumbel noise) is a draw from softmax(logp),
             # an order of magnitude faster than torch.multinomial on a CPU.

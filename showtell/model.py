@@ -149,7 +149,11 @@ class CaptionModel(nn.Module):
             ckpt = load_checkpoint(ckpt)
         cfg = config_from_dict(ModelConfig, ckpt["model_config"])
         vocab = Vocabulary(ckpt["vocab"])
-        model = cls.build(cfg, vocab, encoder_weights=encoder_weights_for(ckpt, encoder_weights, allow_download))
+        weights = encoder_weights_for(ckpt, encoder_weights, allow_download)
+        model = cls.build(cfg, vocab, encoder_weights=weights)
+        if weights == "default" and model.encoder.weights_id != ckpt["encoder_weights"]:
+            raise CheckpointError(f"this model's encoder was trained on {ckpt['encoder_weights']}, but this "
+                                  f"installation's default is {model.encoder.weights_id}: pass encoder_weights=<file>")
         model.encoder.weights_id = ckpt["encoder_weights"]
         return model.load_weights(ckpt).to(device).eval()
 

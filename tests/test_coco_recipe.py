@@ -27,17 +27,17 @@ def _train(ann, image_root, out, *extra):
 
 
 def test_train_on_a_generated_coco_format_set_counts_restval_as_train(tmp_path):
-    ann, root = make_karpathy_set(tmp_path / "coco", {"train": 200, "restval": 60, "val": 30, "test": 30})
+    ann, root = make_karpathy_set(tmp_path / "coco", {"train": 120, "restval": 40, "val": 20, "test": 20})
     cfg = DataConfig(dataset="karpathy", annotations=ann, image_root=root)
-    assert [len(load_split(cfg, s)) for s in ("train", "val", "test")] == [260, 30, 30]
+    assert [len(load_split(cfg, s)) for s in ("train", "val", "test")] == [160, 20, 20]
     assert load_split(cfg, "val")[0].path.startswith(os.path.join(root, "val2014"))
     out = _train(ann, root, tmp_path / "run")
-    assert "260 images, 1300 captions per epoch" in out
+    assert "160 images, 800 captions per epoch" in out
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["train_loss"] > 0
     # --max-images caps every split: a smoke run over the same files.
-    out = _train(ann, root, tmp_path / "smoke", "--max-images", "50")
-    assert "50 images, 250 captions per epoch" in out
+    out = _train(ann, root, tmp_path / "smoke", "--max-images", "30")
+    assert "30 images, 150 captions per epoch" in out
 
 
 def test_train_on_coco_mini_in_karpathys_layout(tmp_path, coco_mini):

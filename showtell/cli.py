@@ -41,6 +41,7 @@ _HELP = {
     "checkpoint_every": "steps between mid-epoch checkpoints (0: end of each epoch only)",
     "early_stop_patience": "stop after this many epochs without a better val BLEU-4",
     "val_max_images": "validate on the first N val images only (0: all)",
+    "max_images": "use at most the first N photos of each split, for smoke runs (0: all)",
     "amp": "mixed precision on CUDA",
 }
 
@@ -354,7 +355,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume, init_from=args.init_from,
                     encoder_weights=weights, cache_dir=args.cache_dir, device=device,
                     progress=not args.no_progress)
-    if args.test:
+    if args.test and summary["rank"] == 0:  # under torchrun, one process scores the test split
         _evaluate(get_evaluate_parser().parse_args(
             [os.path.join(args.out, "best.pt"), "--split", "test", "--beam-size", "1", "--device", device,
              "--output", os.path.join(args.out, "test_captions.json")]

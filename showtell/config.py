@@ -83,6 +83,7 @@ class DataConfig:
     val_split: str = "val"
     min_word_count: int = 5
     max_caption_len: int = 40  # words; longer training captions are truncated
+    max_images: int = 0  # at most this many photos of each split (smoke runs, tests); 0 = all
 
     DATASETS = ("flickr8k", "coco", "karpathy")  # not a field: the readers in showtell.datasets
     SPLITS = ("train", "val", "test")
@@ -96,6 +97,7 @@ class DataConfig:
         _check_choice(self, "val_split", self.SPLITS)
         _check(self, "min_word_count", int, 1)
         _check(self, "max_caption_len", int, 1)
+        _check(self, "max_images", int, 0)
 
 
 @dataclass(frozen=True)

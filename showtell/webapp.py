@@ -93,6 +93,7 @@ CSS = """
 .st-nbest td.share, .st-nbest th.share { text-align: right; font-variant-numeric: tabular-nums; }
 .st-nbest td.caption { overflow-wrap: anywhere; }
 #timing { font-size: 0.8rem; opacity: 0.75; }
+#message:not(:has(.st-message)), #confidence:not(:has(.st-confidence)), #nbest:not(:has(table)) { display: none; }
 """
 
 ACCEPTED = (f"Please upload a JPEG, PNG, WebP, GIF or BMP photo of at most "
@@ -388,9 +389,10 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY,
         return (out["caption"], _confidence_html(out["confidence"]), _nbest_html(out["captions"]), gallery,
                 timing, _tags_markdown(out["tags"]), "")
 
-    intro = (f"# Show and Tell\nUpload a photo (or paste one, or use the webcam): it is captioned at once. "
-             f"The model is a {captioner.card.get('model_config', {}).get('encoder', 'CNN')} encoder with an "
-             f"LSTM decoder (see *About this model*); captions come from beam search.")
+    encoder = captioner.card.get("model_config", {}).get("encoder", "?")
+    intro = ("# Show and Tell\nUpload a photo (or paste one, or use the webcam): it is captioned at once. "
+             f"A CNN ({encoder}) reads the photo and an LSTM writes the caption with beam search; "
+             "*About this model* says what it was trained on.")
     with gr.Blocks(title="Show and Tell: image captions") as demo:
         gr.Markdown(intro)
         with gr.Row():
@@ -408,14 +410,14 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY,
                 with gr.Accordion("About this model", open=False, elem_id="model-card"):
                     gr.Markdown(model_card(captioner))
             with gr.Column():
-                message = gr.HTML("", elem_id="message")
+                message = gr.HTML("", elem_id="message", container=False, padding=False, min_height=0)
                 best = gr.Textbox(label="Best caption", elem_id="best-caption", interactive=False, lines=2,
                                   buttons=["copy"])
-                conf = gr.HTML("", elem_id="confidence")
+                conf = gr.HTML("", elem_id="confidence", container=False, padding=False, min_height=0)
                 tags = gr.Markdown("", elem_id="tags")
-                table = gr.HTML("", elem_id="nbest")
+                table = gr.HTML("", elem_id="nbest", container=False, padding=False, min_height=0)
                 gallery = gr.Gallery(label="Where the model looked for each word (click one to enlarge)",
-                                     elem_id="attention", columns=5, height="auto", allow_preview=True,
+                                     elem_id="attention", columns=5, height=420, allow_preview=True,
                                      object_fit="contain", format="jpeg", interactive=False)
                 timing = gr.Markdown("", elem_id="timing")
         outputs = [best, conf, table, gallery, timing, tags, message]

@@ -155,7 +155,8 @@ def main() -> int:
         print("server:", config[0])
     print(f"first caption: {first!r}")
     print()
-    print(f"{'measure':<30}{'requests':>9}{'median ms':>11}{'p95 ms':>9}{'req/s':>8}{'CPU ms/req':>12}{'cores used':>11}")
+    print(f"{'measure':<30}{'requests':>9}{'median ms':>11}{'p95 ms':>9}{'req/s':>8}{'CPU ms/req':>12}"
+          f"{'cores used':>11}")
     print(f"{'launch -> first caption':<30}{1:>9}{ms(startup):>11}")
     print(f"{'1 client':<30}{len(single):>9}{ms(statistics.median(single)):>11}{ms(percentile(single, .95)):>9}"
           f"{len(single) / sum(single):>8.1f}{ms(cpu_single / len(single)):>12}{cpu_single / sum(single):>11.2f}")

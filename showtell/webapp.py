@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -466,9 +467,10 @@ async def _unknown_endpoint(request, exc):
 async def _unknown_function_index(request, exc):
     """A queue request for an fn_index that does not exist (Gradio raises
     KeyError for it); any other KeyError stays a server error."""
-    if request.url.path.endswith("/queue/join"):
-        return JSONResponse({"detail": f"No function with fn_index {exc.args[0] if exc.args else '?'}; "
+    if request.url.path.endswith("/queue/join") and exc.args and isinstance(exc.args[0], int):
+        return JSONResponse({"detail": f"No function with fn_index {exc.args[0]}; "
                              f"call an endpoint by name: {_api_names(request)}."}, status_code=404)
+    traceback.print_exception(exc)  # a bug: keep its traceback in the log, as without this handler
     return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
 
 

@@ -16,8 +16,8 @@ from typing import Sequence
 # From `python benchmarks/calibrate_confidence.py` on the bundled model (beam 3,
 # 3 captions): the threshold on the mean per-word log-probability of the best
 # caption that best separates Flickr8k val photos from the out-of-domain ones
-# (balanced accuracy 74.9%; AUC 0.82 against all out-of-domain photos). See
-# docs/web.md for the figures per group.
+# (AUC 0.82 against all out-of-domain photos; balanced accuracy 74.5% at
+# -1.05). See docs/web.md for the figures per group.
 SIGNAL = "mean_logprob"
 THRESHOLD = -1.05
 

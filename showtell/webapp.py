@@ -420,7 +420,8 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY,
                 table = gr.HTML("", elem_id="nbest", container=False, padding=False, min_height=0)
                 gallery = gr.Gallery(label="Where the model looked for each word (click one to enlarge)",
                                      elem_id="attention", columns=5, height=420, allow_preview=True,
-                                     object_fit="contain", format="jpeg", interactive=False)
+                                     object_fit="contain", format="jpeg", interactive=False,
+                                     visible=captioner.model.decoder.has_attention)  # NIC has none to show
                 timing = gr.Markdown("", elem_id="timing")
         outputs = [best, conf, table, gallery, timing, tags, message]
         image.change(None, js=_CLEAR_JS, outputs=outputs, queue=False, api_visibility="private")

@@ -1,4 +1,4 @@
-"""The showtell web UI: upload a photo, get captions.
+"""The showtell web UI: upload a photo, get captions and where the model looked.
 
     python app.py                                  # http://127.0.0.1:7860, the bundled model
     python app.py --host 0.0.0.0 --port 8080       # or SHOWTELL_HOST / SHOWTELL_PORT
@@ -8,8 +8,10 @@ Call it from Python with gradio_client (the page's "Use via API" shows the same)
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
-    best, table = client.predict(handle_file("photo.jpg"), api_name="/caption")
-    best, table = client.predict(handle_file("photo.jpg"), beam_size=5, num_captions=3, api_name="/caption")
+    best, table, details = client.predict(handle_file("photo.jpg"), api_name="/caption")
+    best, table, details = client.predict(handle_file("photo.jpg"), beam_size=5, num_captions=3,
+                                          api_name="/caption")
+    details["confidence"]["sure"]   # False: "not sure"
 """
 import os
 
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
     import torch
 
     from showtell.captioner import Captioner
-    from showtell.webapp import DEFAULT_CONCURRENCY, build_demo, launch, threads_per_request, warm_up
+    from showtell.webapp import (DEFAULT_CONCURRENCY, build_demo, cap_log_lines, launch, threads_per_request,
+                                 warm_up)
 
     concurrency = args.concurrency or int(os.environ.get("SHOWTELL_CONCURRENCY") or DEFAULT_CONCURRENCY)
     threads = args.threads or int(os.environ.get("SHOWTELL_THREADS") or threads_per_request(concurrency))
@@ -64,6 +67,7 @@ def main(argv=None) -> int:
     print(f"showtell: model {captioner.checkpoint} on {captioner.device} ready in "
           f"{time.perf_counter() - t0:.1f}s ({concurrency} requests at once, {threads} torch thread(s) each); "
           f"serving on http://{args.host}:{args.port}/", flush=True)
+    cap_log_lines()  # no request, however large, writes more than one short line per line to the log
     launch(build_demo(captioner, concurrency=concurrency), host=args.host, port=args.port,
            max_file_size=args.max_file_size)
     return 0

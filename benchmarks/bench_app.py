@@ -8,7 +8,9 @@ gradio_client:
   * the latency of ``/caption`` at beam 3 for a 224x224 photo: one client
     (``--requests`` calls in a row), then ``--clients`` concurrent clients
     (threads, each with its own Client, ``--per-client`` calls each).
-Prints a table with the median and 95th percentile and the hardware.
+Prints a table with the median and 95th percentile, the errors (a failed or
+empty answer), the server's CPU time per request (from /proc: what one core
+can serve, whatever else shares the machine) and the load average.
 """
 import os
 
@@ -98,15 +100,23 @@ def main() -> int:
                 time.sleep(0.1)
         startup = time.perf_counter() - t0
 
+        errors = []
+
         def timed(c):
             t = time.perf_counter()
-            best, _ = c.predict(handle_file(str(photo)), args.beam, 1, api_name="/caption")
-            assert best
+            try:
+                best = c.predict(handle_file(str(photo)), args.beam, 1, api_name="/caption")[0]
+                if not best:
+                    errors.append("empty caption")
+            except Exception as e:  # counted and reported, never hidden
+                errors.append(f"{type(e).__name__}: {e}")
             return time.perf_counter() - t
 
         for _ in range(3):  # warm the connection
             timed(client)
+        cpu0 = server_cpu_seconds(server.pid)
         single = [timed(client) for _ in range(args.requests)]
+        cpu_single = server_cpu_seconds(server.pid) - cpu0
 
         clients = [Client(url, verbose=False) for _ in range(args.clients)]
         latencies, lock = [], threading.Lock()
@@ -119,12 +129,13 @@ def main() -> int:
                 latencies.extend(mine)
 
         threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
-        t = time.perf_counter()
+        t, cpu0 = time.perf_counter(), server_cpu_seconds(server.pid)
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         wall = time.perf_counter() - t
+        cpu_concurrent = server_cpu_seconds(server.pid) - cpu0
         config = [line.strip() for line in (tmp / "server.log").read_text().splitlines() if "ready in" in line]
     finally:
         server.terminate()
@@ -144,13 +155,26 @@ def main() -> int:
         print("server:", config[0])
     print(f"first caption: {first!r}")
     print()
-    print(f"{'measure':<34}{'requests':>9}{'median ms':>11}{'p95 ms':>9}{'req/s':>8}")
-    print(f"{'launch -> first caption':<34}{1:>9}{ms(startup):>11}{'':>9}{'':>8}")
-    print(f"{'1 client':<34}{len(single):>9}{ms(statistics.median(single)):>11}{ms(percentile(single, .95)):>9}"
-          f"{len(single) / sum(single):>8.1f}")
-    print(f"{f'{args.clients} concurrent clients':<34}{len(latencies):>9}{ms(statistics.median(latencies)):>11}"
-          f"{ms(percentile(latencies, .95)):>9}{len(latencies) / wall:>8.1f}")
-    return 0
+    print(f"{'measure':<30}{'requests':>9}{'median ms':>11}{'p95 ms':>9}{'req/s':>8}{'CPU ms/req':>12}"
+          f"{'cores used':>11}")
+    print(f"{'launch -> first caption':<30}{1:>9}{ms(startup):>11}")
+    print(f"{'1 client':<30}{len(single):>9}{ms(statistics.median(single)):>11}{ms(percentile(single, .95)):>9}"
+          f"{len(single) / sum(single):>8.1f}{ms(cpu_single / len(single)):>12}{cpu_single / sum(single):>11.2f}")
+    print(f"{f'{args.clients} concurrent clients':<30}{len(latencies):>9}{ms(statistics.median(latencies)):>11}"
+          f"{ms(percentile(latencies, .95)):>9}{len(latencies) / wall:>8.1f}"
+          f"{ms(cpu_concurrent / len(latencies)):>12}{cpu_concurrent / wall:>11.2f}")
+    print(f"errors: {len(errors)} of {len(single) + len(latencies)} requests"
+          + (f"; first: {errors[0]}" if errors else ""))
+    print(f"one core serves about {len(latencies) / cpu_concurrent:.1f} requests/s at full load "
+          f"(server CPU time per request under {args.clients} clients)")
+    return 1 if errors else 0
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from .checkpoint import load_checkpoint
 from .decoding import DecodeOptions, autocast, resolve_precision
 from .encoders import EncoderOutput
 from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .model import CaptionModel
 
 ENCODER_CPU_BATCH = 8
+CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
 
 
@@ -54,7 +56,12 @@ class Captioner:
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
-        self.model = CaptionModel.from_checkpoint(self.checkpoint, device=self.device)
+        ckpt = load_checkpoint(self.checkpoint)
+        self.model = CaptionModel.from_checkpoint(ckpt, device=self.device)
+        # What the checkpoint says about the model (for a model card): its configs,
+        # vocabulary size, encoder weights and any stored val/test scores.
+        self.card = {k: ckpt[k] for k in CARD_KEYS if k in ckpt}
+        self.card["vocab_size"] = len(ckpt["vocab"])
         # Keep only the fast copy (batch norm folded): the original would be dead weight.
         self.encoder = self.model.encoder = self.model.encoder.for_inference().to(self.device)
         self.vocab = self.model.vocab

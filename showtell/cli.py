@@ -488,6 +488,9 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="images decoded together; results are printed batch by batch (default 32)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    p.add_argument("--attention", metavar="OUT_DIR", default=None,
+                   help="also write where the model looked for each word: OUT_DIR/NAME_NN_WORD.png per word "
+                        "and OUT_DIR/NAME_grid.png (needs a show_attend_tell model, as the bundled one is)")
     return p
 
 
@@ -532,6 +535,8 @@ def _caption(args: argparse.Namespace) -> int:
     _decode_options(**options)
     if args.checkpoint:
         check_checkpoint_file(args.checkpoint)
+    if args.attention is not None and os.path.exists(args.attention) and not os.path.isdir(args.attention):
+        raise UsageError(f"--attention {args.attention}: is a file; give a folder for the overlay images")
     entries = expand_images(args.images, args.recursive)
     paths = [e for e in entries if isinstance(e, str)]
     failed = 0
@@ -556,6 +561,9 @@ def _caption(args: argparse.Namespace) -> int:
     from .images import ImageError
 
     captioner = Captioner(args.checkpoint, device=device, batch_size=args.batch_size)
+    if args.attention is not None and not captioner.model.decoder.has_attention:
+        raise UsageError(f"--attention: this model's decoder ({captioner.model.cfg.decoder}) has no attention "
+                         f"to show; it needs a show_attend_tell model (the bundled model is one)")
     # A bar on stderr only for a terminal and more than one batch, so stdout stays pure results.
     bar = tqdm(total=len(paths), unit="image", file=sys.stderr,
                disable=True if len(paths) <= args.batch_size else None, leave=False)
@@ -564,7 +572,10 @@ def _caption(args: argparse.Namespace) -> int:
         for path, result in zip(chunk, captioner.caption_each(chunk, **options)):
             if isinstance(result, ImageError):
                 report(path, result)
-            elif args.json:
+                continue
+            if args.attention is not None:
+                _write_attention(captioner, path, args.attention, options)
+            if args.json:
                 print(json.dumps({"image": path, "captions": [
                     {"caption": c.text, "logprob": round(c.logprob, 4), "score": round(c.score, 4)}
                     for c in result]}))
@@ -577,6 +588,18 @@ def _caption(args: argparse.Namespace) -> int:
         bar.update(len(chunk))
     bar.close()
     return 1 if failed else 0
+
+
+def _write_attention(captioner: Any, path: str, out_dir: str, options: dict) -> None:
+    """Write the per-word attention overlays of one (readable) image into ``out_dir``."""
+    from .images import load_image
+    from .overlay import write_attention
+
+    opts = {k: v for k, v in options.items() if k != "n_best"}  # explain() shows the best caption
+    explanation = captioner.explain(path, **opts)
+    photo = load_image(path, max_bytes=captioner.max_image_bytes)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    write_attention(photo, explanation.words, explanation.attention, out_dir, stem)
 
 
 def caption_main(argv: Sequence[str] | None = None) -> int:

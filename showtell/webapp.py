@@ -1,25 +1,36 @@
-"""The web UI: upload a photo, get captions (Gradio Blocks).
+"""The web UI: upload a photo, get captions and see where the model looked
+(Gradio Blocks).
 
 ``app.py`` at the repository root is the command-line entry point; the logic
 lives here so it can be tested without a server:
 
-* :func:`caption_image` is the request handler as a plain function;
-* :func:`build_demo` builds the ``gr.Blocks`` page around one loaded
+* :func:`caption_image` is the request handler as a plain function: the best
+  caption, the n-best list with each caption's share, a confidence signal, the
+  time taken, and a slot for the tags that guided the caption;
+* :func:`build_demo` builds the page around one loaded
   :class:`~showtell.captioner.Captioner` (the model is never loaded twice);
-* :func:`launch` starts it with the queue and upload limits set.
+* :func:`launch` starts it with the queue, upload and request-size limits set.
 
 Uploads are decoded by :func:`showtell.images.load_image`, the same code path
 as ``caption()`` and training, so a bad upload gets the same clear message
 (not an image, truncated, empty, too many pixels) in the page and through
-``gradio_client``.
+``gradio_client``. The page shows that message once, in place of the caption;
+the API raises it (``AppError`` in ``gradio_client``).
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import html
+import io
 import math
 import os
 import socket
+import sys
+import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 # Nothing may reach the internet: set these before gradio / gradio_client /
 # huggingface_hub are imported (they read them at import time).
@@ -27,9 +38,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
+import pydantic  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from gradio.route_utils import FnIndexInferError  # noqa: E402
 
 from .captioner import Captioner  # noqa: E402
-from .images import MAX_IMAGE_PIXELS, ImageError  # noqa: E402
+from .confidence import confidence  # noqa: E402
+from .images import MAX_IMAGE_PIXELS, ImageError, load_image  # noqa: E402
+from .overlay import attention_overlay, fit_within  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
@@ -38,6 +54,8 @@ DEFAULT_CAPTIONS = 3
 MAX_BEAM = 10
 MAX_CAPTIONS = 5
 DEFAULT_MAX_FILE_SIZE = "10mb"
+OVERLAY_SIZE = 448  # longer side of the attention overlays shown in the page
+LOG_LINE_CHARS = 2000  # the longest line written to the server's stdout / stderr
 # Caption requests served at the same time (the button, the examples and the
 # API share this one limit), each with cores // concurrency torch threads (set
 # by app.py, see threads_per_request). Measured with benchmarks/bench_app.py
@@ -59,14 +77,29 @@ DEFAULT_MAX_FILE_SIZE = "10mb"
 # Override with --concurrency / SHOWTELL_CONCURRENCY.
 DEFAULT_CONCURRENCY = 2
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this get "Queue is full"
-TABLE_HEADERS = ["rank", "caption", "probability", "share of n-best (%)"]
+TABLE_HEADERS = ["#", "caption", "share (%)"]
 
 CSS = """
 #best-caption textarea { font-size: 1.6rem !important; font-weight: 600; line-height: 1.3; }
+#message:not(:empty) .prose, #message .st-message { color: var(--error-text-color); }
+.st-message { border: 1px solid var(--error-border-color); background: var(--error-background-fill);
+              border-radius: 8px; padding: 0.6em 0.8em; font-weight: 600; }
+.st-confidence { display: inline-block; border-radius: 999px; padding: 0.15em 0.7em; font-weight: 600; }
+.st-confidence.sure { background: #d9f2e3; color: #14532d; }
+.st-confidence.unsure { background: #fde8c8; color: #7c2d12; }
+.st-nbest { width: 100%; border-collapse: collapse; table-layout: auto; }
+.st-nbest th, .st-nbest td { padding: 0.35em 0.5em; border-bottom: 1px solid var(--border-color-primary);
+                             text-align: left; vertical-align: top; }
+.st-nbest th.rank, .st-nbest td.rank, .st-nbest th.share, .st-nbest td.share { white-space: nowrap; width: 1%; }
+.st-nbest td.share, .st-nbest th.share { text-align: right; font-variant-numeric: tabular-nums; }
+.st-nbest td.caption { overflow-wrap: anywhere; }
+#timing { font-size: 0.8rem; opacity: 0.75; }
+#message:not(:has(.st-message)), #confidence:not(:has(.st-confidence)), #nbest:not(:has(table)) { display: none; }
 """
 
 ACCEPTED = (f"Please upload a JPEG, PNG, WebP, GIF or BMP photo of at most "
             f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels.")
+NO_IMAGE = "Please upload a photo first (or click an example)."
 
 
 def threads_per_request(concurrency: int = DEFAULT_CONCURRENCY) -> int:
@@ -86,15 +119,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _as_int(value: Any, name: str, lo: int, hi: int) -> int:
+def parse_size(size: str | int | None) -> int | None:
+    """``"10mb"``, ``"500kb"`` or a number of bytes as bytes (None: no limit)."""
+    if size is None or isinstance(size, int):
+        return size
+    text = str(size).strip().lower().replace(" ", "")
+    units = {"gb": 1024 ** 3, "mb": 1024 ** 2, "kb": 1024, "b": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit) and text[:-len(unit)].isdigit():
+            return int(text[:-len(unit)]) * factor
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"a file size such as 10mb, 500kb or 1048576, got {size!r}")
+
+
+def _option(value: Any, name: str, lo: int, hi: int) -> int:
+    """A slider value from the page or any API client, as an int in [lo, hi]."""
+    problem = f"{name} must be a whole number between {lo} and {hi}, got {value!r}."
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise gr.Error(problem, print_exception=False)
     try:
         f = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a whole number between {lo} and {hi}, got {value!r}.",
-                       print_exception=False) from None
+    except ValueError:
+        raise gr.Error(problem, print_exception=False) from None
     if not math.isfinite(f) or f != round(f) or not lo <= f <= hi:
-        raise gr.Error(f"{name} must be a whole number between {lo} and {hi}, got {value!r}.",
-                       print_exception=False)
+        raise gr.Error(problem, print_exception=False)
     return int(round(f))
 
 
@@ -104,144 +153,406 @@ def _display_name(image: Any) -> str:
     return "the image"
 
 
-def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEAM,
-                  num_captions: Any = DEFAULT_CAPTIONS) -> tuple[str, list[list]]:
-    """Caption one image for the UI and the API.
+def _shares(logprobs: Sequence[float]) -> list[float]:
+    """Each caption's share of the n-best probability mass in %, one decimal."""
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    return [round(100.0 * w / sum(weights), 1) for w in weights]
 
-    ``image`` is a file path (what the page and ``gradio_client`` send), a
-    ``PIL.Image`` or a numpy array. Returns ``(best caption, n-best rows)``
-    where each row is ``[rank, caption, probability, share %]``, best first.
-    ``probability`` is the model's probability of the whole sentence,
-    ``exp(logprob)``; ``share`` is the softmax of the log-probabilities over the
-    n-best list (sums to 100). ``num_captions`` larger than ``beam_size`` is
-    clamped to it (a beam of k yields at most k captions).
+
+def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEAM,
+                  num_captions: Any = DEFAULT_CAPTIONS,
+                  tagger: Callable[[Any], Sequence[str]] | None = None) -> dict[str, Any]:
+    """Caption one image for the page and the API.
+
+    ``image`` is a file path (what the page and ``gradio_client`` send), raw
+    bytes (a ``data:`` URL), a ``PIL.Image`` or a numpy array. Returns::
+
+        {"caption": best caption,
+         "captions": [{"rank", "caption", "share", "logprob"}, ...],  # best first
+         "confidence": {"signal", "value", "threshold", "sure", "label"},
+         "tags": tags that guided the caption, or None without a tagger,
+         "seconds": time spent on this request}
+
+    ``share`` is the softmax of the log-probabilities over the n-best list in %
+    (one decimal; they add up to 100). ``num_captions`` larger than
+    ``beam_size`` is clamped to it (a beam of k yields at most k captions).
+    ``tagger(image)``, when given, returns the tags that guided the caption.
 
     Raises ``gr.Error`` with a clear message for a missing or unreadable image
-    or an out-of-range option; Gradio shows it in the page and ``gradio_client``
-    raises it as ``AppError`` with the same text.
+    or an out-of-range option.
     """
+    t0 = time.perf_counter()
     if image is None:
-        raise gr.Error("Please upload an image first.", print_exception=False)
-    beam = _as_int(beam_size, "Beam size", 1, MAX_BEAM)
-    n = min(_as_int(num_captions, "Number of captions", 1, MAX_CAPTIONS), beam)
+        raise gr.Error(NO_IMAGE, print_exception=False)
+    beam = _option(beam_size, "Beam size", 1, MAX_BEAM)
+    n = min(_option(num_captions, "Number of captions", 1, MAX_CAPTIONS), beam)
     (result,) = captioner.caption_each([image], beam_size=beam, n_best=n)
     if isinstance(result, ImageError):
-        name, msg = _display_name(image), str(result)
-        if isinstance(image, (str, os.PathLike)):
-            # Name the file as the user knows it, not by its server-side temp path.
-            msg = msg.replace(os.fspath(image), name)
-        if not msg.startswith(name + ":"):
-            msg = f"{name}: {msg}"
-        raise gr.Error(f"Could not caption {msg.rstrip('.')}. {ACCEPTED}", print_exception=False)
+        raise gr.Error(_image_problem(image, result), print_exception=False)
     caps = [c for c in result if math.isfinite(c.logprob)]
     if not caps:
         raise gr.Error("The model produced no caption for this image.", print_exception=False)
-    top = max(c.logprob for c in caps)
-    weights = [math.exp(c.logprob - top) for c in caps]
-    total = sum(weights)
-    rows = [[rank, c.text, float(f"{math.exp(c.logprob):.3g}"), round(100.0 * w / total, 1)]
-            for rank, (c, w) in enumerate(zip(caps, weights), start=1)]
-    return caps[0].text, rows
+    rows = [{"rank": rank, "caption": c.text, "share": share, "logprob": round(c.logprob, 4)}
+            for rank, (c, share) in enumerate(zip(caps, _shares([c.logprob for c in caps])), start=1)]
+    return {"caption": caps[0].text, "captions": rows, "confidence": confidence(caps).as_dict(),
+            "tags": list(tagger(image)) if tagger is not None else None,
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _image_input(**kwargs) -> gr.Image:
-    """A ``gr.Image`` that hands our function the uploaded file's path without
-    decoding it: Gradio's own preprocessing opens every upload with Pillow and
-    a non-image or truncated file would fail there with a generic error, before
-    our code runs. :func:`load_image` decodes it instead and names the problem.
+def _image_problem(image: Any, error: Exception) -> str:
+    name, msg = _display_name(image), str(error)
+    if isinstance(image, (str, os.PathLike)):
+        # Name the file as the user knows it, not by its server-side temp path.
+        msg = msg.replace(os.fspath(image), name)
+    elif msg.startswith("image bytes: "):  # load_image's name for bytes: the user sent "the image"
+        msg = msg[len("image bytes: "):]
+    if not msg.startswith(name + ":"):
+        msg = f"{name}: {msg}"
+    return f"Could not caption {msg.rstrip('.')}. {ACCEPTED}"
 
-    The instance's ``preprocess`` is wrapped rather than subclassing
+
+def attention_gallery(captioner: Captioner, image: Any, beam_size: int) -> list[tuple[Any, str]]:
+    """(overlay, "N. word") for each word of the best caption: where the model
+    looked while choosing it. Empty for a model without attention."""
+    if not captioner.model.decoder.has_attention:
+        return []
+    explanation = captioner.explain(image, beam_size=beam_size)
+    photo = fit_within(load_image(image, max_bytes=captioner.max_image_bytes,
+                                  target_size=(OVERLAY_SIZE, OVERLAY_SIZE)), OVERLAY_SIZE)
+    return [(attention_overlay(photo, a), f"{i}. {w}")
+            for i, (w, a) in enumerate(zip(explanation.words, explanation.attention), start=1)]
+
+
+def model_card(captioner: Captioner) -> str:
+    """Markdown about the served model, from what its checkpoint stores."""
+    card = captioner.card
+    m, d = card.get("model_config", {}), card.get("data_config", {})
+    dataset = d.get("dataset", "?")
+    data = {"flickr8k": "Flickr8k", "coco": "MS-COCO", "karpathy": "Karpathy split"}.get(dataset, dataset)
+    source = d.get("annotations") or d.get("data_root") or ""
+    if dataset != "flickr8k" and source:
+        data += f" ({os.path.basename(source.rstrip('/'))})"
+    data += f", {d.get('train_split', 'train')} split"
+    decoder = {"show_attend_tell": "Show, Attend and Tell (LSTM with soft attention over the encoder's grid)",
+               "show_tell": "Show and Tell / NIC (LSTM, the image as its first input)"}.get(
+        m.get("decoder"), m.get("decoder", "?"))
+    encoder = f"{m.get('encoder', '?')} ({'fine-tuned' if m.get('fine_tune_encoder') else 'frozen'}"
+    if card.get("encoder_weights"):
+        encoder += f", weights {card['encoder_weights']}"
+    encoder += ")"
+    lines = [f"- **Trained on:** {data}",
+             f"- **Encoder:** {encoder}",
+             f"- **Decoder:** {decoder}; hidden size {m.get('hidden_dim', '?')}",
+             f"- **Vocabulary:** {card.get('vocab_size', 0):,} words"]
+    for key, what in (("val_scores", "Validation"), ("test_scores", "Test")):
+        scores = card.get(key)
+        if scores:
+            shown = ", ".join(f"{k.upper().replace('BLEU', 'BLEU-')} {v:.1f}" for k, v in scores.items()
+                              if isinstance(v, (int, float)))
+            lines.append(f"- **{what} scores** (stored in the checkpoint): {shown}")
+        else:
+            lines.append(f"- **{what} scores:** none stored in the checkpoint")
+    lines.append(f"- **File:** `{os.path.basename(captioner.checkpoint)}`")
+    return "\n".join(lines)
+
+
+def _confidence_html(conf: dict) -> str:
+    if conf["sure"]:
+        return (f'<span class="st-confidence sure">fairly sure</span> '
+                f'<small>mean word log-probability {conf["value"]:.2f} '
+                f'(not sure below {conf["threshold"]:.2f})</small>')
+    return (f'<span class="st-confidence unsure">not sure</span> '
+            f'<small>mean word log-probability {conf["value"]:.2f}, below {conf["threshold"]:.2f}: '
+            f'the photo may be unlike what the model was trained on</small>')
+
+
+def _nbest_html(rows: list[dict]) -> str:
+    body = "".join(f'<tr><td class="rank">{r["rank"]}</td><td class="caption">{html.escape(r["caption"])}</td>'
+                   f'<td class="share">{r["share"]:.1f}&nbsp;%</td></tr>' for r in rows)
+    return ('<table class="st-nbest"><thead><tr><th class="rank">#</th><th>caption</th>'
+            f'<th class="share">share</th></tr></thead><tbody>{body}</tbody></table>')
+
+
+def _tags_markdown(tags: Sequence[str] | None) -> str:
+    return "" if tags is None else "**Tags that guided the caption:** " + (", ".join(tags) or "none")
+
+
+def _data_url_bytes(url: str, limit: int | None) -> bytes:
+    """The original bytes of a base64 ``data:`` URL, refused over ``limit``
+    before decoding (the size is known from the text's length)."""
+    header, sep, data = url.partition(",")
+    if not sep or ";base64" not in header:
+        raise gr.Error(f"A data: URL must be base64 encoded (data:image/jpeg;base64,...). {ACCEPTED}",
+                       print_exception=False)
+    if limit is not None and len(data) * 3 // 4 > limit:
+        raise gr.Error(f"The image is larger than the upload limit of {limit / 2**20:.0f} MB.",
+                       print_exception=False)
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise gr.Error(f"The data: URL is not valid base64. {ACCEPTED}", print_exception=False) from None
+
+
+def _image_input(limit: Callable[[], int | None], **kwargs) -> gr.Image:
+    """A ``gr.Image`` that hands our function the uploaded file's path (or a
+    ``data:`` URL's bytes) without decoding it: Gradio's own preprocessing
+    opens every upload with Pillow, so a non-image would fail there with a
+    generic error, and re-encodes a data: URL (another caption than the same
+    file uploaded). :func:`load_image` decodes it instead and names the problem.
+
+    The instance's ``preprocess`` is replaced rather than subclassing
     ``gr.Image`` (Gradio writes a ``.pyi`` stub next to modules that define
     component subclasses)."""
     component = gr.Image(type="filepath", **kwargs)
-    original = component.preprocess
 
     def preprocess(payload):
         if payload is None:
             return None
-        if payload.path and not (payload.url or "").startswith("data:"):
-            return payload.path
-        try:  # a base64 data: URL (rare): let Gradio write it to a file
-            return original(payload)
-        except gr.Error:
-            raise
-        except Exception as e:
-            raise gr.Error(f"Could not read the uploaded image ({type(e).__name__}). {ACCEPTED}",
-                           print_exception=False) from e
+        url = payload.url or ""
+        if url.startswith("data:"):
+            return _data_url_bytes(url, limit())
+        if not payload.path:
+            raise gr.Error(f"The request carries no image file. {ACCEPTED}", print_exception=False)
+        return payload.path
 
     component.preprocess = preprocess
+    component.data_model = _CheckedModel(component.data_model)
+    return component
+
+
+class _CheckedModel:
+    """A component's pydantic data model whose validation error is one clear
+    ``gr.Error`` (Gradio reports a payload that is not a file, such as a bare
+    string, as an error with no message)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def model_validate(self, obj, **kwargs):
+        try:
+            return self._model.model_validate(obj, **kwargs)
+        except pydantic.ValidationError:
+            raise gr.Error("The image must be sent as a file (gradio_client: handle_file(path)) or as a "
+                           f"base64 data: URL, got {type(obj).__name__}. {ACCEPTED}", print_exception=False) from None
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def _slider(name: str, lo: int, hi: int, **kwargs) -> gr.Slider:
+    """A ``gr.Slider`` whose API input is checked by us: Gradio's own check
+    fails on "abc", None or [3] with a generic error."""
+    component = gr.Slider(lo, hi, step=1, **kwargs)
+    component.preprocess = lambda payload: _option(payload, name, lo, hi)
     return component
 
 
 def example_photos() -> list[str]:
+    """The bundled example photos, sorted by name."""
     return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.jpg"))]
 
 
-def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
+# The outputs cleared in the browser as soon as the photo changes, so a new
+# photo never sits beside the previous one's caption (no server round trip).
+_CLEAR_JS = "() => ['', '', '', [], '', '', '']"
+
+
+def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY,
+               tagger: Callable[[Any], Sequence[str]] | None = None) -> gr.Blocks:
     """The page, around one loaded ``captioner``. ``concurrency`` is how many
-    caption requests run at once (the page, examples and API share it)."""
+    caption requests run at once (the page, examples and API share it).
+    ``tagger(image) -> tags`` fills the "tags that guided the caption" slot."""
+    limit: dict[str, int | None] = {"bytes": parse_size(DEFAULT_MAX_FILE_SIZE)}
 
-    def caption(image, beam_size=DEFAULT_BEAM, num_captions=DEFAULT_CAPTIONS):
-        """Caption a photo. Returns the best caption and the n-best list
-        (rank, caption, probability = exp(log-prob), share of the n-best in %)."""
-        return caption_image(captioner, image, beam_size, num_captions)
+    def api_caption(image, beam_size=DEFAULT_BEAM, num_captions=DEFAULT_CAPTIONS):
+        """Caption a photo. Returns the best caption, the n-best table (#,
+        caption, share of the n-best in %) and the details: confidence
+        ("sure" false means not sure), tags that guided the caption (null
+        without a tagger), seconds, and every caption's log-probability."""
+        out = caption_image(captioner, image, beam_size, num_captions, tagger)
+        table = [[r["rank"], r["caption"], r["share"]] for r in out["captions"]]
+        return out["caption"], {"headers": TABLE_HEADERS, "data": table}, out
 
+    def page_caption(image, beam_size, num_captions):
+        """The page's handler: the same as the API, plus the attention overlays;
+        a problem is shown once, in place of the caption (no toast, no red
+        badges on every output)."""
+        empty = ("", "", "", [], "", "")
+        try:
+            out = caption_image(captioner, image, beam_size, num_captions, tagger)
+            t = time.perf_counter()
+            gallery = attention_gallery(captioner, image, int(beam_size))
+            seconds = out["seconds"] + time.perf_counter() - t
+        except gr.Error as e:
+            return (*empty, f'<div class="st-message">{html.escape(e.message)}</div>')
+        timing = (f"{seconds:.2f} s on the server (caption {out['seconds']:.2f} s, beam {int(beam_size)}; "
+                  f"attention maps {seconds - out['seconds']:.2f} s)")
+        return (out["caption"], _confidence_html(out["confidence"]), _nbest_html(out["captions"]), gallery,
+                timing, _tags_markdown(out["tags"]), "")
+
+    encoder = captioner.card.get("model_config", {}).get("encoder", "?")
+    intro = ("# Show and Tell\nUpload a photo (or paste one, or use the webcam): it is captioned at once. "
+             f"A CNN ({encoder}) reads the photo and an LSTM writes the caption with beam search; "
+             "*About this model* says what it was trained on.")
     with gr.Blocks(title="Show and Tell: image captions") as demo:
-        gr.Markdown("# Show and Tell\nUpload a photo (or paste one, or use the webcam) and press "
-                    "**Caption**. The model is a CNN encoder with an LSTM decoder trained on Flickr8k; "
-                    "captions come from beam search.")
+        gr.Markdown(intro)
         with gr.Row():
             with gr.Column():
-                image = _image_input(label="Photo", elem_id="photo", sources=["upload", "clipboard", "webcam"],
-                                     height=340)
+                image = _image_input(lambda: limit["bytes"], label="Photo", elem_id="photo",
+                                     sources=["upload", "clipboard", "webcam"], height=340)
                 with gr.Row():
-                    beam = gr.Slider(1, MAX_BEAM, value=DEFAULT_BEAM, step=1, label="Beam size",
-                                     info="More beams search more captions (slower).", elem_id="beam-size")
-                    nbest = gr.Slider(1, MAX_CAPTIONS, value=DEFAULT_CAPTIONS, step=1,
-                                      label="Number of captions",
-                                      info="At most the beam size (larger values are clamped).",
-                                      elem_id="num-captions")
+                    beam = _slider("Beam size", 1, MAX_BEAM, value=DEFAULT_BEAM, label="Beam size",
+                                   info="More beams search more captions (slower).", elem_id="beam-size")
+                    nbest = _slider("Number of captions", 1, MAX_CAPTIONS, value=DEFAULT_CAPTIONS,
+                                    label="Number of captions",
+                                    info="At most the beam size (larger values are clamped).",
+                                    elem_id="num-captions")
                 button = gr.Button("Caption", variant="primary", elem_id="caption-btn")
+                with gr.Accordion("About this model", open=False, elem_id="model-card"):
+                    gr.Markdown(model_card(captioner))
             with gr.Column():
+                message = gr.HTML("", elem_id="message", container=False, padding=False, min_height=0)
                 best = gr.Textbox(label="Best caption", elem_id="best-caption", interactive=False, lines=2,
                                   buttons=["copy"])
-                table = gr.Dataframe(headers=TABLE_HEADERS, datatype=["number", "str", "number", "number"],
-                                     interactive=False, label="N-best captions", elem_id="nbest", wrap=True,
-                                     column_widths=["8%", "52%", "20%", "20%"])
-                gr.Markdown("*probability* is the model's probability of the whole caption, exp(sum of word "
-                            "log-probabilities); *share of n-best* normalises these over the listed captions "
-                            "(softmax), so they add up to 100%.")
-        button.click(caption, inputs=[image, beam, nbest], outputs=[best, table], api_name="caption",
-                     concurrency_limit=concurrency, concurrency_id="caption")
+                conf = gr.HTML("", elem_id="confidence", container=False, padding=False, min_height=0)
+                tags = gr.Markdown("", elem_id="tags")
+                table = gr.HTML("", elem_id="nbest", container=False, padding=False, min_height=0)
+                gallery = gr.Gallery(label="Where the model looked for each word (click one to enlarge)",
+                                     elem_id="attention", columns=5, height=420, allow_preview=True,
+                                     object_fit="contain", format="jpeg", interactive=False,
+                                     visible=captioner.model.decoder.has_attention)  # NIC has none to show
+                timing = gr.Markdown("", elem_id="timing")
+        outputs = [best, conf, table, gallery, timing, tags, message]
+        image.change(None, js=_CLEAR_JS, outputs=outputs, queue=False, api_visibility="private")
+        run = dict(fn=page_caption, inputs=[image, beam, nbest], outputs=outputs, api_visibility="private",
+                   concurrency_limit=concurrency, concurrency_id="caption")
+        image.upload(**run)
+        button.click(**run)
         photos = example_photos()
         if photos:
             examples = gr.Examples(examples=[[p] for p in photos], inputs=[image], label="Examples (click one)",
                                    elem_id="examples", cache_examples=False, run_on_click=False,
                                    api_visibility="private")
             # One click fills the image and captions it with the current slider values.
-            examples.load_input_event.then(caption, inputs=[image, beam, nbest], outputs=[best, table],
-                                           api_visibility="private", concurrency_limit=concurrency,
-                                           concurrency_id="caption")
+            examples.load_input_event.then(**run)
+        # The API: the same handler without the overlays, on hidden outputs.
+        with gr.Group(visible=False):
+            api_best = gr.Textbox(label="caption")
+            api_table = gr.Dataframe(headers=TABLE_HEADERS, label="n-best")
+            api_details = gr.JSON(label="details")
+            api_button = gr.Button("api", elem_id="api-caption")
+        api_button.click(api_caption, inputs=[image, beam, nbest], outputs=[api_best, api_table, api_details],
+                         api_name="caption", concurrency_limit=concurrency, concurrency_id="caption")
     demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX_SIZE)
+    demo._showtell_limit = limit  # launch() sets the upload limit the data: URL check uses
     return demo
+
+
+# --- request limits ------------------------------------------------------------------
+
+
+def _api_names(request) -> str:
+    blocks = getattr(request.app, "get_blocks", lambda: None)()
+    names = sorted({f"/{fn.api_name}" for fn in getattr(blocks, "fns", {}).values()
+                    if fn.api_name and getattr(fn, "api_visibility", "public") == "public"}) if blocks else []
+    return ", ".join(names) or "none"
+
+
+async def _unknown_endpoint(request, exc):
+    """An API name that no event has: 404 naming the endpoints there are."""
+    name = request.path_params.get("api_name") or str(exc).rsplit(":", 1)[-1].strip()
+    return JSONResponse({"detail": f"No API endpoint /{name}; this app has {_api_names(request)}."}, status_code=404)
+
+
+async def _unknown_function_index(request, exc):
+    """A queue request for an fn_index that does not exist (Gradio raises
+    KeyError for it); any other KeyError stays a server error."""
+    if request.url.path.endswith("/queue/join") and exc.args and isinstance(exc.args[0], int):
+        return JSONResponse({"detail": f"No function with fn_index {exc.args[0]}; "
+                             f"call an endpoint by name: {_api_names(request)}."}, status_code=404)
+    traceback.print_exception(exc)  # a bug: keep its traceback in the log, as without this handler
+    return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+
+
+def body_limit(max_file_size: int) -> int:
+    """The largest request body served: an image at the upload limit as a
+    base64 data: URL (4/3 of its size) plus room for the JSON or multipart
+    around it."""
+    return max_file_size * 4 // 3 + 256 * 1024
+
+
+class _CappedLines:
+    """A text stream that cuts each line at ``limit`` characters, so a huge
+    request echoed in a traceback cannot write a 50 MB line to the log."""
+
+    def __init__(self, stream, limit: int = LOG_LINE_CHARS):
+        self._stream, self._limit, self._column = stream, limit, 0
+
+    def write(self, text: str) -> int:
+        out = []
+        for piece in text.splitlines(keepends=True):
+            room = self._limit - self._column
+            if room > 0:
+                out.append(piece[:room])
+            if piece.endswith(("\n", "\r")):
+                if len(piece) > room > 0 or (room <= 0 and self._column > 0):
+                    out.append(f" [... line cut at {self._limit} characters]\n")
+                self._column = 0
+            else:
+                self._column += len(piece)
+        self._stream.write("".join(out))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def cap_log_lines(limit: int = LOG_LINE_CHARS) -> None:
+    """Cut every line this process writes to stdout and stderr at ``limit``
+    characters (Gradio prints tracebacks with the request's data)."""
+    if not isinstance(sys.stdout, _CappedLines):
+        sys.stdout = _CappedLines(sys.stdout, limit)
+    if not isinstance(sys.stderr, _CappedLines):
+        sys.stderr = _CappedLines(sys.stderr, limit)
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
            max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE, **kwargs):
-    """Start the server (blocking unless ``prevent_thread_lock=True``)."""
-    return demo.launch(server_name=host, server_port=port, max_file_size=max_file_size, css=CSS, **kwargs)
+    """Start the server (blocking unless ``prevent_thread_lock=True``), with
+    uploads and data: URLs limited to ``max_file_size`` and every request body
+    to :func:`body_limit` of it."""
+    size = parse_size(max_file_size)
+    if hasattr(demo, "_showtell_limit"):
+        demo._showtell_limit["bytes"] = size
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    if size is not None:
+        # FastAPI's own limit: 413 from Content-Length before reading, and while
+        # counting a body streamed without one.
+        app_kwargs.setdefault("max_body_size", body_limit(size))
+    handlers = dict(app_kwargs.get("exception_handlers") or {})
+    handlers.setdefault(FnIndexInferError, _unknown_endpoint)
+    handlers.setdefault(KeyError, _unknown_function_index)
+    app_kwargs["exception_handlers"] = handlers
+    return demo.launch(server_name=host, server_port=port, max_file_size=size, css=CSS, app_kwargs=app_kwargs,
+                       **kwargs)
 
 
 def warm_up(captioner: Captioner) -> None:
-    """Caption one example so the first real request does not pay for
-    one-time setup inside torch (allocators, kernels)."""
+    """Caption one example (and draw its attention) so the first real request
+    does not pay for one-time setup inside torch (allocators, kernels)."""
     photos = example_photos()
-    captioner.caption_each([photos[0] if photos else _blank()], beam_size=DEFAULT_BEAM, n_best=1)
+    photo = photos[0] if photos else _blank()
+    captioner.caption_each([photo], beam_size=DEFAULT_BEAM, n_best=1)
+    attention_gallery(captioner, photo, DEFAULT_BEAM)
 
 
 def _blank():
     from PIL import Image
-    return Image.new("RGB", (224, 224), (127, 127, 127))
+    buf = io.BytesIO()
+    Image.new("RGB", (224, 224), (127, 127, 127)).save(buf, "PNG")
+    return buf.getvalue()
 
 
-__all__ = ["build_demo", "caption_image", "launch", "warm_up", "free_port", "threads_per_request"]
+__all__ = ["build_demo", "caption_image", "attention_gallery", "model_card", "launch", "warm_up", "free_port",
+           "threads_per_request", "parse_size", "body_limit", "cap_log_lines"]

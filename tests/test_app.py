@@ -6,7 +6,10 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import base64  # noqa: E402
 import concurrent.futures  # noqa: E402
+import io  # noqa: E402
+import itertools  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -23,9 +26,14 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from showtell.captioner import get_captioner  # noqa: E402
+from showtell.captioner import Captioner, get_captioner  # noqa: E402
+from showtell.checkpoint import save_checkpoint  # noqa: E402
+from showtell.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from showtell.model import CaptionModel  # noqa: E402
+from showtell.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 from showtell.webapp import (  # noqa: E402
-    TABLE_HEADERS, build_demo, caption_image, free_port, launch, threads_per_request)
+    TABLE_HEADERS, _CappedLines, attention_gallery, body_limit, build_demo, caption_image, free_port, launch,
+    model_card, threads_per_request)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Gradio's queue calls pandas in ways pandas 3 deprecates; not ours to fix.
@@ -79,47 +87,72 @@ def captioner():
 
 
 def _check_rows(best, rows, n):
+    """rows: the API table's [#, caption, share %] rows."""
     assert isinstance(best, str) and best.strip()
     assert len(rows) == n
     assert [r[0] for r in rows] == list(range(1, n + 1))
     assert rows[0][1] == best
     assert all(isinstance(r[1], str) and r[1].strip() for r in rows)
-    probs = [r[2] for r in rows]
-    assert all(0 < p <= 1 for p in probs)
-    assert probs == sorted(probs, reverse=True)
-    shares = [r[3] for r in rows]
+    shares = [r[2] for r in rows]
     assert shares == sorted(shares, reverse=True)
-    assert sum(shares) == pytest.approx(100, abs=0.2 * n)
+    assert all(s == round(s, 1) for s in shares)  # one decimal, always
+    assert sum(shares) == pytest.approx(100, abs=0.1 * n)
+
+
+def _table(out):
+    return [[r["rank"], r["caption"], r["share"]] for r in out["captions"]]
 
 
 def test_handler_returns_best_caption_and_sorted_n_best(captioner):
-    best, rows = caption_image(captioner, str(PHOTO))
-    _check_rows(best, rows, 3)
-    best5, rows5 = caption_image(captioner, str(PHOTO), beam_size=5, num_captions=5)
-    _check_rows(best5, rows5, 5)
-    assert len({r[1] for r in rows5}) == 5
+    out = caption_image(captioner, str(PHOTO))
+    _check_rows(out["caption"], _table(out), 3)
+    logprobs = [r["logprob"] for r in out["captions"]]
+    assert logprobs == sorted(logprobs, reverse=True) and all(lp < 0 for lp in logprobs)
+    out5 = caption_image(captioner, str(PHOTO), beam_size=5, num_captions=5)
+    _check_rows(out5["caption"], _table(out5), 5)
+    assert len({r["caption"] for r in out5["captions"]}) == 5
+    assert 0 < out5["seconds"] < 30 and out["tags"] is None
+
+
+def test_handler_reports_confidence_from_the_model(captioner):
+    out = caption_image(captioner, str(PHOTO))
+    conf = out["confidence"]
+    best = out["captions"][0]
+    assert conf["value"] == pytest.approx(best["logprob"] / (len(best["caption"].split()) + 1), abs=1e-3)
+    assert conf["sure"] == (conf["value"] >= conf["threshold"])
+    assert conf["label"] == ("fairly sure" if conf["sure"] else "not sure")
+    # A cat is not in Flickr8k's world (the model calls it a child): not sure.
+    assert conf["sure"] is False
+
+
+def test_handler_fills_the_tags_slot_from_a_tagger(captioner):
+    seen = []
+    out = caption_image(captioner, str(PHOTO), tagger=lambda image: seen.append(image) or ["tabby cat"])
+    assert out["tags"] == ["tabby cat"] and seen == [str(PHOTO)]
 
 
 def test_handler_takes_pil_and_numpy_and_float_sliders(captioner):
     pil = Image.open(PHOTO)
-    expected = caption_image(captioner, str(PHOTO), 2, 1)
-    assert caption_image(captioner, pil, 2.0, 1.0) == expected
-    assert caption_image(captioner, np.asarray(pil.convert("RGB")), 2, 1) == expected
+    expected = _table(caption_image(captioner, str(PHOTO), 2, 1))
+    assert _table(caption_image(captioner, pil, 2.0, 1.0)) == expected
+    assert _table(caption_image(captioner, np.asarray(pil.convert("RGB")), 2, 1)) == expected
+    assert _table(caption_image(captioner, PHOTO.read_bytes(), "2", 1)) == expected
 
 
 def test_handler_clamps_captions_to_beam_size(captioner):
-    best, rows = caption_image(captioner, str(PHOTO), beam_size=2, num_captions=5)
-    _check_rows(best, rows, 2)
+    out = caption_image(captioner, str(PHOTO), beam_size=2, num_captions=5)
+    _check_rows(out["caption"], _table(out), 2)
 
 
-@pytest.mark.parametrize("beam, n", [(0, 1), (11, 1), (2.5, 1), ("x", 1), (3, 0), (3, 6)])
+@pytest.mark.parametrize("beam, n", [(0, 1), (11, 1), (2.5, 1), ("x", 1), (None, 1), ([3], 1), (True, 1),
+                                     (float("nan"), 1), (3, 0), (3, 6)])
 def test_handler_rejects_out_of_range_options(captioner, beam, n):
-    with pytest.raises(gr.Error, match="must be a whole number"):
+    with pytest.raises(gr.Error, match="must be a whole number between 1 and"):
         caption_image(captioner, str(PHOTO), beam, n)
 
 
 def test_handler_without_image(captioner):
-    with pytest.raises(gr.Error, match="upload an image"):
+    with pytest.raises(gr.Error, match="upload a photo first"):
         caption_image(captioner, None)
 
 
@@ -137,6 +170,50 @@ def test_handler_names_the_problem_with_a_bad_file(captioner, bad_files, kind, e
     assert msg.startswith(expected), msg
     assert "Please upload a JPEG, PNG" in msg
     assert str(bad_files[kind].parent) not in msg  # no server-side paths
+
+
+def test_attention_gallery_has_one_overlay_per_word(captioner):
+    out = caption_image(captioner, str(PHOTO), 3, 1)
+    gallery = attention_gallery(captioner, str(PHOTO), 3)
+    words = out["caption"].split()
+    assert [label for _, label in gallery] == [f"{i}. {w}" for i, w in enumerate(words, 1)]
+    photo = Image.open(PHOTO)
+    assert all(im.size == photo.size for im, _ in gallery)  # 400 px: under the 448 px display size
+    assert np.abs(np.asarray(gallery[0][0], float) - np.asarray(gallery[-1][0], float)).mean() > 2
+
+
+def test_model_card_comes_from_the_checkpoint(captioner, tmp_path):
+    card = model_card(captioner)
+    assert "Flickr8k" in card and "efficientnet_lite0" in card and "Show, Attend and Tell" in card
+    assert f"{len(captioner.vocab):,} words" in card
+    val = captioner.card["val_scores"]
+    assert f"BLEU-4 {val['bleu4']:.1f}" in card
+    # Another checkpoint: a COCO-trained NIC model with stored test scores and no val scores.
+    torch.manual_seed(0)
+    words = list(SPECIAL_TOKENS) + "a dog runs on the grass".split()
+    model = CaptionModel.build(ModelConfig(embed_dim=16, hidden_dim=16, decoder="show_tell"), Vocabulary(words))
+    ckpt = model.checkpoint(DataConfig(dataset="coco", annotations="coco/captions_train2017.json",
+                                       image_root="coco/train2017"), TrainConfig())
+    ckpt["test_scores"] = {"bleu1": 55.55, "bleu4": 12.34}
+    path = tmp_path / "coco.pt"
+    save_checkpoint(ckpt, str(path))
+    other = Captioner(str(path))
+    card = model_card(other)
+    assert "MS-COCO (captions_train2017.json)" in card and "Flickr8k" not in card
+    assert "NIC" in card and f"{len(words)} words" in card
+    assert "Validation scores:** none stored" in card and "BLEU-4 12.3" in card and "BLEU-1 55.5" in card
+    assert attention_gallery(other, str(PHOTO), 2) == []  # no attention to show, no error
+
+
+def test_log_lines_are_cut(tmp_path):
+    buf = io.StringIO()
+    capped = _CappedLines(buf, limit=50)
+    capped.write("short line\n")
+    capped.write("x" * 30)
+    capped.write("y" * 10_000 + "\nnext\n")
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "short line" and lines[2] == "next"
+    assert lines[1].startswith("x" * 30 + "y" * 20) and "cut at 50" in lines[1] and len(lines[1]) < 100
 
 
 # --- the real server through gradio_client ----------------------------------
@@ -158,26 +235,31 @@ def client(server):
 
 
 def test_api_caption_with_the_image_alone(client):
-    best, table = client.predict(handle_file(str(PHOTO)), api_name="/caption")
+    best, table, details = client.predict(handle_file(str(PHOTO)), api_name="/caption")
     assert table["headers"] == TABLE_HEADERS
     _check_rows(best, table["data"], 3)  # defaults: beam 3, 3 captions
+    assert details["caption"] == best and [r["caption"] for r in details["captions"]] == [r[1] for r in
+                                                                                           table["data"]]
+    assert set(details["confidence"]) == {"signal", "value", "threshold", "sure", "label"}
+    assert details["tags"] is None and details["seconds"] > 0
 
 
 def test_api_caption_with_every_option(client):
-    best, table = client.predict(handle_file(str(EXAMPLES / "rocket.jpg")), 4, 2, api_name="/caption")
+    best, table, _ = client.predict(handle_file(str(EXAMPLES / "rocket.jpg")), 4, 2, api_name="/caption")
     _check_rows(best, table["data"], 2)
-    best_kw, table_kw = client.predict(handle_file(str(EXAMPLES / "rocket.jpg")), beam_size=4, num_captions=2,
-                                       api_name="/caption")
+    best_kw, table_kw, _ = client.predict(handle_file(str(EXAMPLES / "rocket.jpg")), beam_size=4, num_captions=2,
+                                          api_name="/caption")
     assert (best_kw, table_kw["data"]) == (best, table["data"])
 
 
 def test_api_describes_the_caption_endpoint(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert list(api["named_endpoints"]) == ["/caption"]  # example clicks are not part of the API
+    assert list(api["named_endpoints"]) == ["/caption"]  # the page's own events are not part of the API
     params = api["named_endpoints"]["/caption"]["parameters"]
     assert [p["parameter_name"] for p in params] == ["image", "beam_size", "num_captions"]
     assert [p["parameter_has_default"] for p in params] == [False, True, True]
     assert [p.get("parameter_default") for p in params[1:]] == [3, 3]
+    assert len(api["named_endpoints"]["/caption"]["returns"]) == 3
 
 
 @pytest.mark.parametrize("kind, expected", [
@@ -196,7 +278,7 @@ def test_api_bad_upload_gets_the_clear_message_and_the_server_goes_on(client, ba
     with pytest.raises(gr.Error) as direct:  # the page and the API show the handler's own text
         caption_image(captioner, str(bad_files[kind]))
     assert msg == direct.value.message
-    best, _ = client.predict(handle_file(str(PHOTO)), api_name="/caption")
+    best, _, _ = client.predict(handle_file(str(PHOTO)), api_name="/caption")
     assert best.strip()
 
 
@@ -205,14 +287,87 @@ def test_upload_over_the_size_limit_is_refused(server, client, bad_files):
         client.predict(handle_file(str(bad_files["too_big"])), api_name="/caption")
     with open(bad_files["too_big"], "rb") as f:  # and the server refuses it (413) for any other client
         r = httpx.post(server + "gradio_api/upload", files={"files": ("big.jpg", f, "image/jpeg")}, timeout=30)
-    assert r.status_code == 413 and "maximum allowed size" in r.text
-    best, _ = client.predict(handle_file(str(PHOTO)), api_name="/caption")
+    assert r.status_code == 413
+    _still_serving(client)
+
+
+@pytest.mark.parametrize("beam, expected", [(0, "got 0"), ("abc", "got 'abc'"), (None, "got None"),
+                                            ([3], "got [3]"), (2.5, "got 2.5")])
+def test_api_bad_options_get_a_clear_message(client, beam, expected):
+    with pytest.raises(AppError) as info:
+        client.predict(handle_file(str(PHOTO)), beam, 1, api_name="/caption")
+    assert info.value.message == f"Beam size must be a whole number between 1 and 10, {expected}."
+    with pytest.raises(AppError, match="Number of captions must be a whole number between 1 and 5, got 'x'"):
+        client.predict(handle_file(str(PHOTO)), 3, "x", api_name="/caption")
+
+
+def _still_serving(client):
+    best, _, _ = client.predict(handle_file(str(PHOTO)), 1, 1, api_name="/caption")
     assert best.strip()
 
 
-def test_api_bad_options_get_a_clear_message(client):
-    with pytest.raises(AppError, match="minimum value 1"):
-        client.predict(handle_file(str(PHOTO)), 0, 1, api_name="/caption")
+def _data_url(data: bytes, mime="image/jpeg") -> dict:
+    return {"url": f"data:{mime};base64," + base64.b64encode(data).decode(), "meta": {"_type": "gradio.FileData"}}
+
+
+def test_data_url_is_captioned_from_its_own_bytes(client):
+    """The same photo as a file and as a data: URL: the same captions and
+    log-probabilities (Gradio would re-encode the data: URL first)."""
+    for name in ("cat.jpg", "coffee.jpg"):
+        as_file = client.predict(handle_file(str(EXAMPLES / name)), api_name="/caption")
+        as_url = client.predict(_data_url((EXAMPLES / name).read_bytes()), api_name="/caption")
+        assert as_url[1]["data"] == as_file[1]["data"]
+        assert [r["logprob"] for r in as_url[2]["captions"]] == [r["logprob"] for r in as_file[2]["captions"]]
+    with pytest.raises(AppError, match="data: URL is not valid base64"):
+        client.predict({"url": "data:image/jpeg;base64,@@@@", "meta": {"_type": "gradio.FileData"}},
+                       api_name="/caption")
+    with pytest.raises(AppError, match="Could not caption the image: not an image"):
+        client.predict(_data_url(b"hello, not a photo"), api_name="/caption")
+    with pytest.raises(AppError, match="must be sent as a file"):
+        client.predict("x" * 1000, api_name="/caption")
+    _still_serving(client)
+
+
+def test_data_url_cannot_pass_the_upload_limit(server, client):
+    # Over the upload limit, yet small enough as base64 to pass the body limit: refused when decoded.
+    just_over = PHOTO.read_bytes() + bytes(MAX_FILE_SIZE + 1000 - PHOTO.stat().st_size)
+    assert len(base64.b64encode(just_over)) < body_limit(MAX_FILE_SIZE)
+    with pytest.raises(AppError, match="larger than the upload limit of 2 MB"):
+        client.predict(_data_url(just_over), api_name="/caption")
+    _still_serving(client)
+
+
+def _post(url, body):
+    kind = "multipart/form-data; boundary=xyz" if url.endswith("/upload") else "application/json"
+    return httpx.post(url, content=body, headers={"content-type": kind}, timeout=30)
+
+
+@pytest.mark.parametrize("route", ["gradio_api/queue/join", "gradio_api/call/caption", "gradio_api/upload"])
+def test_oversized_bodies_are_refused_before_they_are_read(server, client, route):
+    limit = body_limit(MAX_FILE_SIZE)
+    big = b'{"data": ["' + b"A" * (limit + 1) + b'"], "fn_index": 0, "session_hash": "big"}'
+    r = _post(server + route, big)
+    assert r.status_code == 413, r.text[:200]
+    # Without a Content-Length (chunked), the body is counted as it streams.
+    head = (b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n") if route.endswith("upload") else b'{"data": ["'
+    chunks = itertools.chain([head], (b"A" * 256 * 1024 for _ in range(limit // (256 * 1024) + 2)))
+    r = _post(server + route, chunks)
+    assert r.status_code == 413, r.text[:200]
+    _still_serving(client)
+
+
+@pytest.mark.parametrize("method, route, body, expected", [
+    ("post", "gradio_api/call/nope", {"data": [None]}, "No API endpoint /nope; this app has /caption."),
+    ("post", "gradio_api/run/nope", {"data": [None]}, "No API endpoint /nope; this app has /caption."),
+    ("post", "gradio_api/queue/join", {"data": [None], "fn_index": 999, "session_hash": "s"},
+     "No function with fn_index 999; call an endpoint by name: /caption."),
+    ("post", "nope", {}, "Not Found"),
+])
+def test_unknown_endpoints_get_a_clear_404(server, client, method, route, body, expected):
+    r = httpx.request(method, server + route, json=body, timeout=30)
+    assert r.status_code == 404 and r.json()["detail"] == expected
+    _still_serving(client)
 
 
 def test_concurrent_clients_are_all_served(server, client):
@@ -261,7 +416,7 @@ def test_app_py_serves_captions_on_the_port_from_the_environment(tmp_path):
             except Exception:
                 assert time.monotonic() < deadline, "app.py did not start: " + (tmp_path / "app.log").read_text()
                 time.sleep(0.2)
-        best, table = client.predict(handle_file(str(PHOTO)), api_name="/caption")
+        best, table, _ = client.predict(handle_file(str(PHOTO)), api_name="/caption")
         _check_rows(best, table["data"], 3)
         with pytest.raises(AppError, match="not an image"):
             client.predict(handle_file(str(ROOT / "examples" / "SOURCES.md")), api_name="/caption")

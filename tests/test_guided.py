@@ -6,6 +6,7 @@ import io
 import json
 import os
 from contextlib import redirect_stdout
+from dataclasses import replace
 
 import pytest
 import torch
@@ -212,3 +213,22 @@ def test_cli_json_includes_tags_and_guidance_flags():
     assert plain["captions"][0]["caption"] == caption(CAT, guided=False)
     [strict] = _json_lines(["caption", CAT, "--json", "--device", "cpu", "--guidance-threshold", "1.0"])
     assert strict["required"] == []
+
+
+def test_evaluation_guides_cached_rows_as_caption_does():
+    from showtell.evaluation import caption_features
+
+    model = _tiny()
+    torch.manual_seed(2)
+    spatial = torch.randn(4, 49, 512)
+    pooled = spatial.mean(dim=1)
+    opts = DecodeOptions(beam_size=2, max_len=6, guidance_threshold=0.01)
+    constraints = model.constraints(model.word_tags(pooled), 0.01)
+    assert any(constraints)  # the random head is confident enough of something at 1%
+    expected = [model.words(h[0].tokens) for h in model.generate(spatial, opts, constraints)]
+    got = caption_features(model, spatial.numpy(), opts, batch_size=3, pooled=pooled.numpy())
+    assert got == expected
+    assert caption_features(model, spatial.numpy(), replace(opts, guidance_threshold=None)) == \
+        [model.words(h[0].tokens) for h in model.generate(spatial, opts)]
+    with pytest.raises(ValueError, match="pooled"):
+        caption_features(model, spatial.numpy(), opts)

@@ -146,7 +146,7 @@ def test_guidance_threshold_is_a_checked_decoding_option():
 
 @pytest.fixture(scope="module")
 def bundled():
-    return get_captioner(device="cpu")
+    return get_captioner()  # the one caption() uses
 
 
 def test_caption_names_the_cat_only_when_guided(bundled):

@@ -86,7 +86,7 @@ class Captioner:
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
-                 precision: str = "auto", max_image_bytes: int = MAX_IMAGE_BYTES):
+                 precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES):
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)

@@ -74,9 +74,10 @@ class Hypothesis:
 
 
 def constrain(logp: torch.Tensor, seqs: torch.Tensor, opts: DecodeOptions, end_id: int, unk_id: int) -> torch.Tensor:
-    """Mask forbidden next words in ``logp`` (N, V) given the words so far ``seqs`` (N, t)."""
+    """Mask forbidden next words in ``logp`` (N, V) given the words so far
+    ``seqs`` (N, t). Works in place (callers pass a fresh log_softmax: a copy
+    per step would be pure overhead) and returns ``logp``."""
     t = seqs.size(1)
-    logp = logp.clone()
     if opts.ban_unk:
         logp[:, unk_id] = NEG_INF
     if t < opts.min_len:
@@ -211,19 +212,25 @@ def sample(decoder, features: torch.Tensor, n: int, max_len: int, end_id: int, s
     log-probabilities (B*n, T) and a mask (B*n, T) of the positions that count:
     the words and the ``<end>`` that closes a caption, nothing after it. Rows
     i*n .. i*n+n-1 belong to image i. ``banned`` ids are never drawn."""
-    feats = features.repeat_interleave(n, dim=0)  # (B*n, ...)
-    rows, dev = feats.size(0), feats.device
-    state = decoder.init_state(feats)
+    # The image's part of the state (projected features, attention keys) is
+    # computed once per image, then shared by its n samples.
+    state = tuple(s.repeat_interleave(n, dim=0) for s in decoder.init_state(features))  # (B*n, ...)
+    rows, dev = features.size(0) * n, features.device
     tokens = torch.full((rows,), start_id, dtype=torch.long, device=dev)
     alive = torch.ones(rows, dtype=torch.bool, device=dev)
     out_tokens, out_logp, out_mask = [], [], []
     for _ in range(max_len + 1):
         logits, state = decoder.step(tokens, state)
-        logp = logits.float().log_softmax(-1)  # (B*n, V)
         if banned:
-            logp = logp.index_fill(1, torch.tensor(banned, device=dev), NEG_INF)
+            # Out of the distribution before normalising: were they only masked
+            # after it, every penalised sample would push probability mass onto
+            # them, unseen (self-critical training then fills captions with them).
+            logits = logits.index_fill(1, torch.tensor(banned, device=dev), NEG_INF)
+        logp = logits.float().log_softmax(-1)  # (B*n, V)
         with torch.no_grad():
-            word = torch.multinomial(logp.exp(), 1).squeeze(1)  # (B*n,)
+            # Gumbel-max: argmax(logp + Gumbel noise) is a draw from softmax(logp),
+            # an order of magnitude faster than torch.multinomial on a CPU.
+            word = (logp - torch.rand_like(logp).clamp_(min=1e-20).log_().neg_().log_()).argmax(dim=1)  # (B*n,)
         out_tokens.append(torch.where(alive, word, end_id))
         out_logp.append(logp.gather(1, word.unsqueeze(1)).squeeze(1))
         out_mask.append(alive)
@@ -239,9 +246,13 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bfloat16 on a CPU with native bfloat16 instructions (AVX512-BF16
-    or AMX: the encoder and beam search run 2-4x faster in batches, with the same
-    captions on nearly every photo), float16 on CUDA, float32 elsewhere."""
+    """The encoder's arithmetic. ``float32`` is every entry point's default:
+    ``caption()``, the CLI, the web app and ``evaluate`` (cached features) then
+    give the same captions. ``auto`` opts into the fastest reduced precision the
+    device has: bfloat16 on a CPU with native bfloat16 instructions (AVX512-BF16
+    or AMX), float16 on CUDA, float32 elsewhere; it changes about one caption in
+    six on Flickr8k test (README, "Speed of captioning"). The decoder and beam
+    search always run in float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":

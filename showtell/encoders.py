@@ -114,6 +114,8 @@ class ImageEncoder(nn.Module):
         enc = copy.deepcopy(self).eval()
         for parent, conv_name, bn_name in self._conv_bn_pairs(enc.body):
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue  # already folded: for_inference() of a for_inference() copy
             fused = fuse_conv_bn_eval(conv, bn)
             conv.weight, conv.bias = fused.weight, fused.bias
             setattr(parent, bn_name, nn.Identity())

@@ -117,10 +117,11 @@ class CaptionModel(nn.Module):
     def sample(self, features: torch.Tensor, n: int, max_len: int = 16):
         """``n`` captions per image drawn from the model, with gradients:
         (tokens, log-probabilities, mask), each (B*n, T); see
-        :func:`showtell.decoding.sample`. Never draws padding, <start> or <unk>."""
+        :func:`showtell.decoding.sample`. Padding and <start> are outside the
+        distribution; <unk> is not: a sample with it earns no CIDEr-D for that
+        word, so training learns to avoid it instead of hiding it."""
         v = self.vocab
-        return sample(self.decoder, features, n, max_len, v.end_id, v.start_id,
-                      banned=(v.pad_id, v.start_id, v.unk_id))
+        return sample(self.decoder, features, n, max_len, v.end_id, v.start_id, banned=(v.pad_id, v.start_id))
 
     # --- guidance: what the encoder's ImageNet head recognises ------------------
 

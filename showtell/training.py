@@ -39,7 +39,7 @@ from .datasets import ImageCaptions, load_split
 from .decoding import DecodeOptions
 from .evaluation import caption_features, score_captions
 from .features import FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
-from .metrics import CiderD
+from .metrics import CiderD, caption_statistics
 from .model import CaptionModel
 from .objectives import CrossEntropy, SelfCritical
 from .text import Vocabulary, tokenize
@@ -361,6 +361,7 @@ def validate(model: CaptionModel, val: FeatureSet, cider: CiderD, cfg: TrainConf
     captions = caption_features(model, val.for_decoder(model.feature_kind), opts, device=device)
     scores = score_captions(val.items, captions)
     scores["cider"] = 100.0 * cider.score(captions, [[tokenize(c) for c in it.captions] for it in val.items])[0]
+    scores.update(caption_statistics(captions))  # distinct captions (%): a collapse shows here first
     return scores
 
 
@@ -431,7 +432,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
                          device=device)
     if run.resumed is None:
         unit = "images" if cfg.objective == "scst" else "captions"
-        log(f"training {model_cfg.decoder} on {model_cfg.encoder} features ({cfg.objective}): {len(kept)} images, "
+        log(f"training {run.model_cfg.decoder} on {run.model_cfg.encoder} features ({cfg.objective}): {len(kept)} images, "
             f"{len(source)} {unit} per epoch, vocabulary {len(model.vocab)}, device {device}")
 
     while state["epoch"] < cfg.epochs:

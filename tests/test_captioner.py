@@ -105,3 +105,31 @@ def test_readme_example_with_the_bundled_model():
     assert isinstance(text, str) and len(text.split()) >= 3
     three = caption(str(EXAMPLES / "cat.jpg"), beam_size=3, n_best=3)
     assert three[0].text == text
+
+
+def test_default_precision_gives_evaluates_captions(flickr8k_root):
+    """caption() and evaluate decode the same way by default: float32 end to
+    end, so the figures `evaluate` reports are what a user gets."""
+    from showtell.datasets import read_flickr8k
+    from showtell.decoding import DecodeOptions
+    from showtell.evaluation import caption_features
+    from showtell.features import FeatureCache
+
+    cap = Captioner()
+    assert cap.precision == "float32"
+    items = read_flickr8k(flickr8k_root, "test")[:8]
+    fs = FeatureCache().get("flickr8k", "test", items, cap.model.encoder, num_workers=0, progress=False)
+    cached = caption_features(cap.model, fs.for_decoder(cap.model.feature_kind), DecodeOptions(beam_size=3))
+    assert cap([it.path for it in items], beam_size=3) == [" ".join(c) for c in cached]
+
+
+def test_explain_returns_one_attention_map_per_word():
+    cap = Captioner()
+    photo = str(EXAMPLES / "cat.jpg")
+    ex = cap.explain(photo, beam_size=3)
+    assert ex.text == cap(photo, beam_size=3)
+    assert ex.words == ex.text.split()
+    assert ex.attention.shape == (len(ex.words), 7, 7) and ex.attention.dtype == np.float32
+    assert np.allclose(ex.attention.sum(axis=(1, 2)), 1.0, atol=1e-4)
+    # Where the model looks moves from word to word.
+    assert any(not np.allclose(ex.attention[0], a, atol=1e-3) for a in ex.attention[1:])

@@ -63,7 +63,7 @@ def test_sample_draws_with_gradients_and_masks_after_end():
     assert tokens.shape == logp.shape == mask.shape and tokens.size(0) == 12
     assert tokens.size(1) <= 8
     v = model.vocab
-    assert not torch.isin(tokens, torch.tensor([v.pad_id, v.start_id, v.unk_id])).any()
+    assert not torch.isin(tokens, torch.tensor([v.pad_id, v.start_id])).any()
     for row, m in zip(tokens.tolist(), mask.tolist()):
         n_counted = sum(m)
         assert all(m[:n_counted]) and not any(m[n_counted:])  # counts a prefix
@@ -73,6 +73,23 @@ def test_sample_draws_with_gradients_and_masks_after_end():
     (-logp.sum()).backward()
     grads = [p.grad for p in model.decoder.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_sampled_log_probabilities_are_normalised_over_drawable_words(monkeypatch):
+    """Padding and <start> are out of the sampling distribution before it is
+    normalised; otherwise self-critical training would grow their mass unseen."""
+    model = _model("show_tell")
+    v = model.vocab
+    real_step = model.decoder.step
+
+    def step_favouring_padding(tokens, state):
+        logits, state = real_step(tokens, state)
+        return logits.index_fill(1, torch.tensor([v.pad_id, v.start_id]), 50.0), state
+
+    monkeypatch.setattr(model.decoder, "step", step_favouring_padding)
+    torch.manual_seed(0)
+    _, logp, mask = model.sample(torch.randn(2, 512), n=3, max_len=5)
+    assert (logp[mask] > -20).all()  # about log(1/V), not log(e^-50)
 
 
 def test_attention_regulariser_adds_to_the_loss_and_its_gradient():

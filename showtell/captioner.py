@@ -1,5 +1,10 @@
 """Captioning photos with a trained model: :class:`Captioner` (load once, call
-many times) and :func:`caption`, which uses the model bundled with showtell."""
+many times) and :func:`caption`, which uses the model bundled with showtell.
+
+Captions are guided by default (``guidance_threshold``, see
+:mod:`showtell.guidance`): when the encoder's own ImageNet classifier is
+confident that a photo shows, say, a cat, the caption must name it. Every
+:class:`ScoredCaption` carries the tags of its photo and the words it had to use."""
 from __future__ import annotations
 
 import copy
@@ -14,11 +19,20 @@ import torch
 from .checkpoint import load_checkpoint
 from .decoding import DecodeOptions, autocast, resolve_precision
 from .encoders import EncoderOutput
+from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .model import CaptionModel
 
 ENCODER_CPU_BATCH = 8
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
+# Guided captioning's default: a caption must name an ImageNet tag whose summed
+# probability is at least this. Measured with benchmarks/bench_guidance.py
+# (figures in docs/guided-captioning.md): on Flickr8k val no threshold from 0.3
+# to 0.9 raises CIDEr-D (the model already names the dogs and bikes it knows);
+# from 0.8 up it costs under 0.1 and the tag's word is in a reference caption of
+# 91% of the guided val photos. (0.7, picked first from val and coco-mini's
+# precision, cost Flickr8k test 0.51 CIDEr-D: over the 0.5 allowed.)
+GUIDANCE_THRESHOLD = 0.8
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
 
 
@@ -31,12 +45,34 @@ class Explanation:
     attention: np.ndarray  # (len(words), h, w) float32, each map sums to 1
     logprob: float
     score: float
+    tags: tuple[WordTag, ...] = ()  # the photo's most probable ImageNet word tags
+    required: tuple[tuple[str, ...], ...] = ()  # word sets the caption had to use (one word of each)
+    satisfied: bool = True  # whether it does (False: no caption could; the best unguided one is shown)
 
 
 class ScoredCaption(NamedTuple):
     text: str
     logprob: float  # sum of the model's log-probabilities of the words (and <end>)
     score: float  # what captions were ranked by (length-normalised logprob)
+    tags: tuple[WordTag, ...] = ()  # the photo's most probable ImageNet word tags, most probable first
+    required: tuple[tuple[str, ...], ...] = ()  # word sets the caption had to use (); () when unguided
+    satisfied: bool = True  # whether the caption holds a word of each required set
+
+
+@dataclass(frozen=True)
+class Description:
+    """Everything the captioner can say about one photo: the caption, the
+    numbers behind a confidence signal, and what the encoder recognised."""
+
+    text: str  # the same caption caption() gives with the same options
+    logprob: float  # of the whole caption (words and <end>)
+    score: float  # logprob / length ** length_penalty
+    n_words: int
+    tags: tuple[WordTag, ...]  # caption-word tags with summed class probabilities, most probable first
+    classes: tuple[Tag, ...]  # the 5 most probable ImageNet classes (with their words, maybe ())
+    required: tuple[tuple[str, ...], ...]  # the word sets that guided the caption; () when none was confident
+    satisfied: bool  # the caption holds one word of each required set
+    captions: tuple[ScoredCaption, ...]  # the n best (the first is ``text``)
 
 
 def _is_single(images: Any) -> bool:
@@ -67,22 +103,52 @@ class Captioner:
         self.vocab = self.model.vocab
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size
-        self.defaults = DecodeOptions(beam_size=3, n_best=1, max_len=20)
+        self.defaults = DecodeOptions(beam_size=3, n_best=1, max_len=20, guidance_threshold=GUIDANCE_THRESHOLD)
         self.max_image_bytes = max_image_bytes  # the most bytes read of one image file
 
-    def options(self, **overrides) -> DecodeOptions:
-        """Decoding options: the defaults with ``overrides`` applied (validated)."""
+    def options(self, guided: bool | None = None, **overrides) -> DecodeOptions:
+        """Decoding options: the defaults with ``overrides`` applied (validated).
+        ``guided=False`` turns guidance off (``guidance_threshold=None``);
+        ``guided=True`` turns it on at :data:`GUIDANCE_THRESHOLD` unless a
+        ``guidance_threshold`` is given."""
         unknown = set(overrides) - set(DecodeOptions.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown decoding option(s): {sorted(unknown)}")
+        if guided is not None:
+            if not isinstance(guided, bool):
+                raise TypeError(f"guided must be True or False, got {guided!r}")
+            if not guided:
+                if overrides.get("guidance_threshold") is not None:
+                    raise ValueError("guided=False and a guidance_threshold contradict each other")
+                overrides["guidance_threshold"] = None
+            elif overrides.get("guidance_threshold") is None:
+                overrides["guidance_threshold"] = self.defaults.guidance_threshold or GUIDANCE_THRESHOLD
         return replace(self.defaults, **overrides)
+
+    def _has_tags(self) -> bool:
+        return getattr(self.encoder, "classifier", None) is not None
+
+    def _guided(self, enc: EncoderOutput, opts: DecodeOptions):
+        """Each image's word tags, its constraints (word-id sets) and n-best hypotheses."""
+        tags = self.model.word_tags(enc.pooled) if self._has_tags() else [[] for _ in range(len(enc.pooled))]
+        required = self.model.constraints(tags, opts.guidance_threshold)
+        return tags, required, self.model.generate(enc.for_decoder(self.model.feature_kind), opts, required)
+
+    def _scored(self, h, tags, constraints) -> ScoredCaption:
+        words = tuple(tuple(self.vocab.words[w] for w in c) for c in constraints)
+        return ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score, tuple(tags), words,
+                             all(set(c) & set(h.tokens) for c in constraints))
+
+    def captions_of_features(self, enc: EncoderOutput, opts: DecodeOptions) -> list[list[ScoredCaption]]:
+        """n-best captions of encoded images, guided by their ImageNet tags when
+        ``opts.guidance_threshold`` is set; each caption carries the tags."""
+        tags, required, hyps = self._guided(enc, opts)
+        return [[self._scored(h, t, c) for h in per_image] for per_image, t, c in zip(hyps, tags, required)]
 
     @torch.inference_mode()
     def caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions for a batch of preprocessed images (B, 3, H, W)."""
-        hyps = self.model.generate(self.encode(pixels).for_decoder(self.model.feature_kind), opts)
-        return [[ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score) for h in per_image]
-                for per_image in hyps]
+        return self.captions_of_features(self.encode(pixels), opts)
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> EncoderOutput:
@@ -110,7 +176,9 @@ class Captioner:
         opts = self.options(**options)
         enc = self.encode(self.pixels(image).unsqueeze(0))
         feats = enc.for_decoder(self.model.feature_kind)
-        best = self.model.generate(feats, opts)[0][0]
+        tags, required, hyps = self._guided(enc, opts)
+        best = hyps[0][0]
+        best_caption = self._scored(best, tags[0], required[0])
         # Teacher-forcing the chosen caption replays the decoder's steps exactly
         # (eval mode: no dropout) and returns the attention behind each word.
         v = self.vocab
@@ -119,7 +187,23 @@ class Captioner:
         words = v.decode(best.tokens)
         h, w = enc.grid
         attention = alphas[0, :len(words)].float().reshape(len(words), h, w).cpu().numpy()
-        return Explanation(" ".join(words), words, attention, best.logprob, best.score)
+        return Explanation(" ".join(words), words, attention, best.logprob, best.score, best_caption.tags,
+                           best_caption.required, best_caption.satisfied)
+
+    @torch.inference_mode()
+    def describe(self, image: Any, **options) -> Description:
+        """One photo's best caption with what a page needs beside it: its
+        log-probability, score and length (a confidence signal's inputs), the
+        ImageNet tags and classes, and the words that guided it. Options as for
+        :meth:`__call__` (``guided=False``, ``guidance_threshold``, ``n_best``...).
+        Raises :class:`ImageError` for an image that cannot be read."""
+        opts = self.options(**options)
+        enc = self.encode(self.pixels(image).unsqueeze(0))
+        caps = self.captions_of_features(enc, opts)[0]
+        classes = self.model.class_tags(enc.pooled)[0] if self._has_tags() else []
+        best = caps[0]
+        return Description(best.text, best.logprob, best.score, len(best.text.split()), best.tags, tuple(classes),
+                           best.required, best.satisfied, tuple(caps))
 
     def pixels(self, image: Any) -> torch.Tensor:
         """One image (path, bytes, PIL.Image or numpy array) as the encoder's
@@ -190,9 +274,12 @@ def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str
     'a black dog is running through the grass'
 
     ``images`` is a path, raw bytes, a ``PIL.Image``, a numpy array, or a list of
-    these (then a list comes back). ``n_best=k`` returns k :class:`ScoredCaption`.
-    Other options: ``max_len``, ``min_len``, ``length_penalty``,
-    ``block_repeat_trigrams``, ``block_repeat_words``, ``ban_unk``.
+    these (then a list comes back). ``n_best=k`` returns k :class:`ScoredCaption`
+    (with the photo's ImageNet tags and the words that guided the caption).
+    ``guided=False`` turns off guided captioning (on by default: a caption must
+    name what the encoder's ImageNet classifier is confident of); or set its
+    ``guidance_threshold`` (0..1]. Other options: ``max_len``, ``min_len``,
+    ``length_penalty``, ``block_repeat_trigrams``, ``block_repeat_words``, ``ban_unk``.
     ``max_image_bytes`` raises the 10 MB limit on an image file (or bytes).
     """
     captioner = get_captioner(checkpoint)

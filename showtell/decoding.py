@@ -26,6 +26,10 @@ class DecodeOptions:
     block_repeat_trigrams: bool = True
     block_repeat_words: bool = True  # never the same word twice in a row
     ban_unk: bool = True  # an <unk> caption is never preferred
+    # Guided captioning (showtell.guidance): the caption must name the encoder's
+    # ImageNet tag when its probability is at least this; None = unguided. Read by
+    # the callers that compute tags (Captioner); beam_search itself ignores it.
+    guidance_threshold: float | None = None
 
     def __post_init__(self):
         # Strict types: "5" or 2.5 would fail deep inside beam search, and a
@@ -45,6 +49,12 @@ class DecodeOptions:
         for name in ("block_repeat_trigrams", "block_repeat_words", "ban_unk"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        g = self.guidance_threshold
+        if g is not None:
+            if isinstance(g, bool) or not isinstance(g, numbers.Real):
+                raise TypeError(f"guidance_threshold must be a number or None, got {g!r}")
+            if not 0.0 < g <= 1.0:
+                raise ValueError(f"guidance_threshold must be in (0, 1] (a probability), got {g!r}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
         if not 1 <= self.n_best <= self.beam_size:

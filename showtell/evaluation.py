@@ -24,14 +24,24 @@ from .text import tokenize
 
 
 def caption_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,
-                     device: str | torch.device = "cpu", progress: bool = False) -> list[list[str]]:
+                     device: str | torch.device = "cpu", progress: bool = False,
+                     pooled: np.ndarray | None = None) -> list[list[str]]:
     """Best caption (as words) for each row of decoder features (cached, so
-    possibly a float16 memory map), decoded in float32."""
+    possibly a float16 memory map), decoded in float32. With
+    ``opts.guidance_threshold`` set, ``pooled`` (the same rows' pooled features)
+    gives the ImageNet tags that guide them, as in caption()."""
+    guided = opts.guidance_threshold is not None
+    if guided and pooled is None:
+        raise ValueError("guided captions (opts.guidance_threshold) need the pooled features for their tags")
     out = []
     with tqdm(total=len(features), desc="captioning", unit="img", disable=not progress, leave=False) as bar:
         for i in range(0, len(features), batch_size):
             x = torch.from_numpy(np.array(features[i:i + batch_size], dtype=np.float32)).to(device)
-            out += [model.vocab.decode(hyps[0].tokens) for hyps in model.generate(x, opts)]
+            constraints = None
+            if guided:
+                rows = torch.from_numpy(np.array(pooled[i:i + batch_size], dtype=np.float32)).to(device)
+                constraints = model.constraints(model.word_tags(rows), opts.guidance_threshold)
+            out += [model.vocab.decode(hyps[0].tokens) for hyps in model.generate(x, opts, constraints)]
             bar.update(len(x))
     return out
 
@@ -58,7 +68,8 @@ def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, s
     and returns the first ``examples`` as (image id, caption, first reference)
     under "examples"."""
     fs = split_features(model.encoder, dataset, split, items, cache, device=device, progress=progress)
-    captions = caption_features(model, fs.for_decoder(model.feature_kind), opts, device=device, progress=progress)
+    captions = caption_features(model, fs.for_decoder(model.feature_kind), opts, device=device, progress=progress,
+                                pooled=fs.pooled)
     if captions_out:
         write_captions(captions_out, fs.items, captions)
     refs = [[tokenize(c) for c in item.captions] for item in fs.items]

@@ -65,6 +65,19 @@ STOP_SYNSETS = {
     "n00027167": "location",
     "n04564698": "way",
     "n00031264": "group, grouping",
+    # Superordinate categories (Rosch et al. 1976, "Basic objects in natural
+    # categories": furniture, vehicle, tool, clothing are their examples) are
+    # words people rarely use to name a thing they see: a medicine chest made
+    # "a girl is sitting in a furniture", a pickup "vehicle" instead of nothing.
+    # Their classes give no constraint unless a basic-level word names them
+    # (a pickup is still a "truck", a rocking chair a "chair").
+    "n03405725": "furniture, piece_of_furniture, article_of_furniture",
+    "n04524313": "vehicle",
+    "n03699975": "machine",
+    "n03700963": "machine, simple_machine",
+    "n04451818": "tool",
+    "n03051540": "clothing, article_of_clothing, vesture, wear, wearable, habiliment",
+    "n02796623": "barrier",
 }
 
 # Above the class itself, a lemma names a synset only if the synset is among the
@@ -152,16 +165,6 @@ def class_words(table: Mapping[str, Any], vocab_words: Sequence[str]) -> list[tu
                 chosen = words
         out.append(tuple(chosen))
     return out
-
-
-def imagenet_logits(encoder, feature_map: torch.Tensor) -> torch.Tensor:
-    """The encoder's own ImageNet-1k logits (B, 1000) from the feature map
-    (B, C, h, w) the captioner computed anyway: its head reads the mean over
-    positions, as in :meth:`showtell.encoders.ImageEncoder.classify`."""
-    if getattr(encoder, "classifier", None) is None:
-        raise ValueError(f"encoder {getattr(encoder, 'name', type(encoder).__name__)} has no ImageNet classifier head")
-    pooled = feature_map.mean(dim=(2, 3))
-    return encoder.classifier(pooled.to(encoder.classifier.weight.dtype))
 
 
 @dataclass(frozen=True)

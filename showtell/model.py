@@ -5,7 +5,11 @@ It owns the whole chain, so no caller rebuilds it (after nanoGPT's ``model.py``)
 ``encode(pixels)`` gives the features the decoder reads, ``forward(features,
 captions)`` teacher-forced logits, ``generate(features, opts)`` captions by
 greedy or beam search, and ``sample(features, n)`` captions drawn with
-gradients for self-critical training. The vocabulary's special ids live here.
+gradients for self-critical training. The vocabulary's special ids live here,
+and so does the guidance map from the encoder's ImageNet classes to the
+vocabulary's words (:mod:`showtell.guidance`): ``word_tags(pooled)`` and
+``constraints(tags, threshold)`` turn the encoder's own classifier into
+constraints that ``generate`` enforces (guided captioning).
 It is built from configs, saved to one checkpoint and rebuilt from it.
 
 A frozen encoder's weights are not copied into checkpoints when they can be
@@ -20,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -28,27 +32,34 @@ from torch import nn
 from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .decoders import build_decoder
+from .constrained import Constraint, constrained_beam_search
 from .decoding import DecodeOptions, Hypothesis, beam_search, greedy_decode, sample
 from .encoders import EncoderOutput, build_encoder
+from .guidance import GuidanceMap, Tag, WordTag, confident_constraints
 from .text import Vocabulary
 
 
 class CaptionModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, vocab: Vocabulary, encoder: nn.Module, decoder: nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab: Vocabulary, encoder: nn.Module, decoder: nn.Module,
+                 guidance: GuidanceMap | None = None):
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
         self.encoder = encoder
         self.decoder = decoder
+        # ImageNet class -> caption words of this vocabulary; built from the
+        # committed class table when not given (no WordNet needed).
+        self.guidance = guidance if guidance is not None else GuidanceMap.for_vocabulary(vocab.words)
 
     @classmethod
-    def build(cls, cfg: ModelConfig, vocab: Vocabulary, encoder_weights: str | None = "default") -> "CaptionModel":
+    def build(cls, cfg: ModelConfig, vocab: Vocabulary, encoder_weights: str | None = "default",
+              guidance: GuidanceMap | None = None) -> "CaptionModel":
         encoder = build_encoder(cfg.encoder, weights=encoder_weights)
         if encoder_weights not in (None, "default"):
             encoder.weights_path = os.path.abspath(encoder_weights)  # where to find them again
         encoder.freeze(fine_tune_last_stage=cfg.fine_tune_encoder)
         decoder = build_decoder(cfg, len(vocab), encoder.feature_dim)
-        return cls(cfg, vocab, encoder, decoder)
+        return cls(cfg, vocab, encoder, decoder, guidance)
 
     @property
     def preprocessing(self):
@@ -78,13 +89,36 @@ class CaptionModel(nn.Module):
         return self.decoder(features, captions, return_attention=return_attention)
 
     @torch.no_grad()
-    def generate(self, features: torch.Tensor, opts: DecodeOptions) -> list[list[Hypothesis]]:
+    def generate(self, features: torch.Tensor, opts: DecodeOptions,
+                 constraints: Sequence[Sequence[Constraint]] | None = None) -> list[list[Hypothesis]]:
         """The ``opts.n_best`` best captions of each image (greedy when
-        ``opts.beam_size`` is 1), in eval mode, as lists of word ids."""
+        ``opts.beam_size`` is 1), in eval mode, as lists of word ids.
+
+        ``constraints[i]``: image i's constraints, each a set of word ids of
+        which the caption must contain one (see :meth:`constraints`). Images with
+        constraints go through constrained beam search (:mod:`showtell.constrained`;
+        one whose constraint no caption could meet gets its best unconstrained
+        captions), the others through the plain search, exactly as without them."""
+        if constraints is not None and len(constraints) != features.size(0):
+            raise ValueError(f"got constraints for {len(constraints)} images but features for {features.size(0)}")
         was_training = self.decoder.training
         self.decoder.eval()
         v = self.vocab
         try:
+            rows = [i for i, c in enumerate(constraints or ()) if c]
+            if rows:
+                # Only the constrained images pay for the extra beams (2**c per image);
+                # the others are decoded apart (batched equals one by one).
+                out: list[list[Hypothesis]] = [[] for _ in range(features.size(0))]
+                found = constrained_beam_search(self.decoder, features[rows], opts, v.end_id, v.start_id,
+                                                v.unk_id, [constraints[i] for i in rows])
+                for i, r in zip(rows, found):
+                    out[i] = r.hypotheses
+                rest = [i for i in range(features.size(0)) if not constraints[i]]
+                if rest:
+                    for i, hyps in zip(rest, self.generate(features[rest], opts)):
+                        out[i] = hyps
+                return out
             if opts.beam_size == 1:
                 return [[h] for h in greedy_decode(self.decoder, features, opts, v.end_id, v.start_id, v.unk_id)]
             return beam_search(self.decoder, features, opts, v.end_id, v.start_id, v.unk_id)
@@ -99,6 +133,33 @@ class CaptionModel(nn.Module):
         word, so training learns to avoid it instead of hiding it."""
         v = self.vocab
         return sample(self.decoder, features, n, max_len, v.end_id, v.start_id, banned=(v.pad_id, v.start_id))
+
+    # --- guidance: what the encoder's ImageNet head recognises ------------------
+
+    @torch.no_grad()
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (B, 1000) from pooled features (B, C): the encoder's own
+        head on the same forward pass's numbers (cached pooled rows included)."""
+        head = self.encoder.classifier
+        return self.encoder.classify_pooled(pooled.to(head.weight.dtype))
+
+    def word_tags(self, pooled: torch.Tensor, k: int = 3) -> list[list[WordTag]]:
+        """Each image's ``k`` most probable caption-word sets, with the summed
+        probability of the ImageNet classes that map to them ("dog": every breed)."""
+        return self.guidance.word_tags(self.classify(pooled), k=k)
+
+    def class_tags(self, pooled: torch.Tensor, k: int = 5) -> list[list[Tag]]:
+        """Each image's ``k`` most probable ImageNet classes."""
+        return self.guidance.tags(self.classify(pooled), k=k)
+
+    def constraints(self, word_tags: Sequence[Sequence[WordTag]], threshold: float | None,
+                    max_constraints: int = 1) -> list[list[tuple[int, ...]]]:
+        """Per image, the word-id sets of its tags at least ``threshold`` probable
+        (at most ``max_constraints``), for :meth:`generate`; none when
+        ``threshold`` is None."""
+        if threshold is None:
+            return [[] for _ in word_tags]
+        return [confident_constraints(tags, self.vocab.index, threshold, max_constraints) for tags in word_tags]
 
     def words(self, tokens) -> list[str]:
         """The words of a generated id sequence (up to <end>)."""
@@ -123,6 +184,7 @@ class CaptionModel(nn.Module):
             "decoder": state(self.decoder),
             "encoder": state(self.encoder) if keep_encoder else None,
             "encoder_weights": weights_id,
+            "guidance": self.guidance.to_dict(),
         }
         if weights_id.startswith("file:") and getattr(self.encoder, "weights_path", None):
             ck["encoder_weights_path"] = self.encoder.weights_path
@@ -150,8 +212,14 @@ class CaptionModel(nn.Module):
             ckpt = load_checkpoint(ckpt)
         cfg = config_from_dict(ModelConfig, ckpt["model_config"])
         vocab = Vocabulary(ckpt["vocab"])
+        guidance = None  # older checkpoints have none: the model builds it from the class table
+        if ckpt.get("guidance") is not None:
+            try:
+                guidance = GuidanceMap.from_dict(ckpt["guidance"], vocab.words)
+            except (ValueError, TypeError) as e:
+                raise CheckpointError(f"guidance: {e}") from None
         weights = encoder_weights_for(ckpt, encoder_weights, allow_download)
-        model = cls.build(cfg, vocab, encoder_weights=weights)
+        model = cls.build(cfg, vocab, encoder_weights=weights, guidance=guidance)
         if weights == "default" and model.encoder.weights_id != ckpt["encoder_weights"]:
             raise CheckpointError(f"this model's encoder was trained on {ckpt['encoder_weights']}, but this "
                                   f"installation's default is {model.encoder.weights_id}: pass encoder_weights=<file>")

@@ -119,8 +119,13 @@ def test_default_precision_gives_evaluates_captions(flickr8k_root):
     assert cap.precision == "float32"
     items = read_flickr8k(flickr8k_root, "test")[:8]
     fs = FeatureCache().get("flickr8k", "test", items, cap.model.encoder, num_workers=0, progress=False)
-    cached = caption_features(cap.model, fs.for_decoder(cap.model.feature_kind), DecodeOptions(beam_size=3))
+    # caption() is guided by default: evaluate's cached rows with the same threshold (and its tags
+    # from the cached pooled rows) give the same captions.
+    opts = DecodeOptions(beam_size=3, guidance_threshold=cap.defaults.guidance_threshold)
+    cached = caption_features(cap.model, fs.for_decoder(cap.model.feature_kind), opts, pooled=fs.pooled)
     assert cap([it.path for it in items], beam_size=3) == [" ".join(c) for c in cached]
+    plain = caption_features(cap.model, fs.for_decoder(cap.model.feature_kind), DecodeOptions(beam_size=3))
+    assert cap([it.path for it in items], beam_size=3, guided=False) == [" ".join(c) for c in plain]
 
 
 def test_explain_returns_one_attention_map_per_word():

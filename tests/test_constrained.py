@@ -170,7 +170,7 @@ def test_real_model_names_the_cat():
     vocab = model.vocab
     x = model.preprocessing(load_image(os.path.join(ROOT, "examples", "cat.jpg"))).unsqueeze(0)
     with torch.no_grad():
-        feats = model.decoder_input(model.encoder(x))
+        feats = model.encode(x)
     opts = DecodeOptions(beam_size=3, n_best=2)
     cat = (vocab.index["cat"], vocab.index["cats"])
     res = constrained_beam_search(model.decoder, feats, opts, vocab.end_id, vocab.start_id, vocab.unk_id, [[cat]])[0]

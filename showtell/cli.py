@@ -307,7 +307,9 @@ def _fill_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "'none' (random), or a local state_dict file")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: $SHOWTELL_CACHE or ~/.cache/showtell)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    p.add_argument("--test", action="store_true", help="after training, score best.pt on the test split (caption()'s decoding) and store the scores in it")
+    p.add_argument("--test", action="store_true",
+                   help="after training, score best.pt on the test split (caption()'s decoding) and store the "
+                        "scores in it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_flags(p, ModelConfig, "model")
     _add_config_flags(p, DataConfig, "data")

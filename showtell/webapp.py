@@ -6,7 +6,7 @@ lives here so it can be tested without a server:
 
 * :func:`caption_image` is the request handler as a plain function: the best
   caption, the n-best list with each caption's share, a confidence signal, the
-  time taken, and a slot for the tags that guided the caption;
+  time taken, and what the encoder recognised (the tags that guided the caption);
 * :func:`build_demo` builds the page around one loaded
   :class:`~showtell.captioner.Captioner` (the model is never loaded twice);
 * :func:`launch` starts it with the queue, upload and request-size limits set.
@@ -161,8 +161,7 @@ def _shares(logprobs: Sequence[float]) -> list[float]:
 
 
 def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEAM,
-                  num_captions: Any = DEFAULT_CAPTIONS,
-                  tagger: Callable[[Any], Sequence[str]] | None = None) -> dict[str, Any]:
+                  num_captions: Any = DEFAULT_CAPTIONS) -> dict[str, Any]:
     """Caption one image for the page and the API.
 
     ``image`` is a file path (what the page and ``gradio_client`` send), raw
@@ -171,13 +170,13 @@ def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEA
         {"caption": best caption,
          "captions": [{"rank", "caption", "share", "logprob"}, ...],  # best first
          "confidence": {"signal", "value", "threshold", "sure", "label"},
-         "tags": tags that guided the caption, or None without a tagger,
+         "tags": [{"words", "prob", "classes"}, ...],  # what the encoder's ImageNet head sees
+         "required": [[words], ...],  # the tags the caption had to name (guided captioning), or []
          "seconds": time spent on this request}
 
     ``share`` is the softmax of the log-probabilities over the n-best list in %
     (one decimal; they add up to 100). ``num_captions`` larger than
     ``beam_size`` is clamped to it (a beam of k yields at most k captions).
-    ``tagger(image)``, when given, returns the tags that guided the caption.
 
     Raises ``gr.Error`` with a clear message for a missing or unreadable image
     or an out-of-range option.
@@ -196,7 +195,9 @@ def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEA
     rows = [{"rank": rank, "caption": c.text, "share": share, "logprob": round(c.logprob, 4)}
             for rank, (c, share) in enumerate(zip(caps, _shares([c.logprob for c in caps])), start=1)]
     return {"caption": caps[0].text, "captions": rows, "confidence": confidence(caps).as_dict(),
-            "tags": list(tagger(image)) if tagger is not None else None,
+            "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
+                     for t in caps[0].tags],
+            "required": [list(words) for words in caps[0].required],
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -274,8 +275,15 @@ def _nbest_html(rows: list[dict]) -> str:
             f'<th class="share">share</th></tr></thead><tbody>{body}</tbody></table>')
 
 
-def _tags_markdown(tags: Sequence[str] | None) -> str:
-    return "" if tags is None else "**Tags that guided the caption:** " + (", ".join(tags) or "none")
+def _tags_markdown(tags: Sequence[dict], required: Sequence[Sequence[str]]) -> str:
+    """What the encoder recognised, and which of it the caption had to name."""
+    if not tags:
+        return ""
+    seen = ", ".join(f"{'/'.join(t['words'][:2])} {100 * t['prob']:.0f}%" for t in tags)
+    if required:
+        return f"**The encoder sees:** {seen}. The caption had to name " + \
+            " and ".join("/".join(w[:2]) for w in required) + "."
+    return f"**The encoder sees:** {seen} (not sure enough to guide the caption)."
 
 
 def _data_url_bytes(url: str, limit: int | None) -> bytes:
@@ -358,19 +366,18 @@ def example_photos() -> list[str]:
 _CLEAR_JS = "() => ['', '', '', [], '', '', '']"
 
 
-def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY,
-               tagger: Callable[[Any], Sequence[str]] | None = None) -> gr.Blocks:
+def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
     """The page, around one loaded ``captioner``. ``concurrency`` is how many
-    caption requests run at once (the page, examples and API share it).
-    ``tagger(image) -> tags`` fills the "tags that guided the caption" slot."""
+    caption requests run at once (the page, examples and API share it)."""
     limit: dict[str, int | None] = {"bytes": parse_size(DEFAULT_MAX_FILE_SIZE)}
 
     def api_caption(image, beam_size=DEFAULT_BEAM, num_captions=DEFAULT_CAPTIONS):
         """Caption a photo. Returns the best caption, the n-best table (#,
         caption, share of the n-best in %) and the details: confidence
-        ("sure" false means not sure), tags that guided the caption (null
-        without a tagger), seconds, and every caption's log-probability."""
-        out = caption_image(captioner, image, beam_size, num_captions, tagger)
+        ("sure" false means not sure), what the encoder's ImageNet head sees
+        (tags) and which of it the caption had to name (required), seconds, and
+        every caption's log-probability."""
+        out = caption_image(captioner, image, beam_size, num_captions)
         table = [[r["rank"], r["caption"], r["share"]] for r in out["captions"]]
         return out["caption"], {"headers": TABLE_HEADERS, "data": table}, out
 
@@ -380,7 +387,7 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY,
         badges on every output)."""
         empty = ("", "", "", [], "", "")
         try:
-            out = caption_image(captioner, image, beam_size, num_captions, tagger)
+            out = caption_image(captioner, image, beam_size, num_captions)
             t = time.perf_counter()
             gallery = attention_gallery(captioner, image, int(beam_size))
             seconds = out["seconds"] + time.perf_counter() - t
@@ -389,7 +396,7 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY,
         timing = (f"{seconds:.2f} s on the server (caption {out['seconds']:.2f} s, beam {int(beam_size)}; "
                   f"attention maps {seconds - out['seconds']:.2f} s)")
         return (out["caption"], _confidence_html(out["confidence"]), _nbest_html(out["captions"]), gallery,
-                timing, _tags_markdown(out["tags"]), "")
+                timing, _tags_markdown(out["tags"], out["required"]), "")
 
     encoder = captioner.card.get("model_config", {}).get("encoder", "?")
     intro = ("# Show and Tell\nUpload a photo (or paste one, or use the webcam): it is captioned at once. "

@@ -111,7 +111,7 @@ def test_handler_returns_best_caption_and_sorted_n_best(captioner):
     out5 = caption_image(captioner, str(PHOTO), beam_size=5, num_captions=5)
     _check_rows(out5["caption"], _table(out5), 5)
     assert len({r["caption"] for r in out5["captions"]}) == 5
-    assert 0 < out5["seconds"] < 30 and out["tags"] is None
+    assert 0 < out5["seconds"] < 30
 
 
 def test_handler_reports_confidence_from_the_model(captioner):
@@ -125,10 +125,11 @@ def test_handler_reports_confidence_from_the_model(captioner):
     assert conf["sure"] is False
 
 
-def test_handler_fills_the_tags_slot_from_a_tagger(captioner):
-    seen = []
-    out = caption_image(captioner, str(PHOTO), tagger=lambda image: seen.append(image) or ["tabby cat"])
-    assert out["tags"] == ["tabby cat"] and seen == [str(PHOTO)]
+def test_handler_reports_the_tags_that_guided_the_caption(captioner):
+    out = caption_image(captioner, str(PHOTO))
+    assert out["tags"][0]["words"][0] == "cat" and out["tags"][0]["prob"] > 0.8  # the encoder sees the cat
+    assert out["required"] == [out["tags"][0]["words"]]
+    assert set(out["caption"].split()) & set(out["required"][0])  # and the caption names it
 
 
 def test_handler_takes_pil_and_numpy_and_float_sliders(captioner):
@@ -241,7 +242,7 @@ def test_api_caption_with_the_image_alone(client):
     assert details["caption"] == best and [r["caption"] for r in details["captions"]] == [r[1] for r in
                                                                                            table["data"]]
     assert set(details["confidence"]) == {"signal", "value", "threshold", "sure", "label"}
-    assert details["tags"] is None and details["seconds"] > 0
+    assert details["tags"][0]["words"][0] == "cat" and details["seconds"] > 0
 
 
 def test_api_caption_with_every_option(client):

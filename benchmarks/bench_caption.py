@@ -3,10 +3,11 @@
 1. load time of the model;
 2. per-image time over the 1,000 Flickr8k test photos: one batched call
    against one call per photo (the batched path should be >= 3x faster);
-3. single-photo latency of caption() at beam 3 against the encoder's
-   forward pass alone (medians).
+3. single-photo latency of caption() at beam 3 (guided, the default, and
+   unguided) against two floors: the encoder's forward pass alone, and
+   load + resize + forward (what any captioner must do), as medians.
 
-    python benchmarks/bench_caption.py [--checkpoint model.pt] [--photos 1000]
+    python benchmarks/bench_caption.py [--checkpoint model.pt] [--photos 1000] [--precision float32|auto]
 """
 import argparse
 import statistics
@@ -21,7 +22,8 @@ from showtell.captioner import Captioner
 from showtell.decoding import autocast
 from showtell.evaluation import score_captions
 from showtell.datasets import read_flickr8k
-from showtell.images import load_image
+from showtell.metrics import CiderD
+from showtell.text import tokenize
 
 
 def main():
@@ -30,7 +32,7 @@ def main():
     p.add_argument("--photos", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-root", default=FLICKR8K)
-    p.add_argument("--precision", default="auto", help="auto (what caption() uses), float32, bfloat16")
+    p.add_argument("--precision", default="float32", help="float32 (caption()'s default), auto, bfloat16")
     args = p.parse_args()
     print(f"machine: {machine()}")
 
@@ -53,26 +55,37 @@ def main():
     per_single = (time.perf_counter() - t) / len(paths)
     same = sum(a == b for a, b in zip(batched, single))
     bleu = score_captions(items, [c.split() for c in batched])
+    refs = [[tokenize(c) for c in it.captions] for it in items]
+    cider = 100 * CiderD(refs).score([c.split() for c in batched], refs)[0]
     print(f"{len(paths)} test photos, beam 3: batched {1000 * per_batched:.1f} ms/photo, "
           f"one call per photo {1000 * per_single:.1f} ms/photo, ratio {per_single / per_batched:.2f}x "
           f"(target >= 3x); identical captions {same}/{len(paths)}")
     print("BLEU-1..4 of these captions (the caption() path, this precision): "
-          + " ".join(f"{bleu[f'bleu{n}']:.2f}" for n in range(1, 5)))
+          + " ".join(f"{bleu[f'bleu{n}']:.2f}" for n in range(1, 5)) + f", CIDEr-D {cider:.2f}")
 
     photo = paths[0]
-    lat, enc = [], []
-    x = cap.preprocessing(load_image(photo)).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    lat, lat_plain, enc, floor = [], [], [], []
+    x = cap.pixels(photo).unsqueeze(0).contiguous(memory_format=torch.channels_last)
     for _ in range(30):
         t = time.perf_counter()
         cap(photo, beam_size=3)
         lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        cap(photo, beam_size=3, guided=False)
+        lat_plain.append(time.perf_counter() - t)
         with torch.inference_mode(), autocast(cap.device, cap.precision):
             t = time.perf_counter()
             cap.encoder(x)
             enc.append(time.perf_counter() - t)
-    m_lat, m_enc = statistics.median(lat), statistics.median(enc)
-    print(f"single photo: caption() beam 3 median {1000 * m_lat:.1f} ms, encoder forward alone median "
-          f"{1000 * m_enc:.1f} ms, ratio {m_lat / m_enc:.2f}x")
+            t = time.perf_counter()
+            cap.encoder(cap.pixels(photo).unsqueeze(0).contiguous(memory_format=torch.channels_last))
+            floor.append(time.perf_counter() - t)
+    m = {k: 1000 * statistics.median(v) for k, v in
+         (("guided", lat), ("plain", lat_plain), ("enc", enc), ("floor", floor))}
+    print(f"single photo, medians: caption() beam 3 {m['guided']:.1f} ms (unguided {m['plain']:.1f} ms); "
+          f"encoder forward alone {m['enc']:.1f} ms, load + resize + forward {m['floor']:.1f} ms; "
+          f"caption() / (load + resize + forward) = {m['guided'] / m['floor']:.2f}x "
+          f"(unguided {m['plain'] / m['floor']:.2f}x), caption() / forward = {m['guided'] / m['enc']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from .decoding import NEG_INF, DecodeOptions, Hypothesis, beam_search, constrain
+from .decoding import NEG_INF, DecodeOptions, Hypothesis, beam_search, constrain, ranked_hypotheses
 
 # 2**3 = 8 beams per image is already 8x the work of plain beam search.
 MAX_CONSTRAINTS = 3
@@ -158,14 +158,5 @@ def _gather(fin_tokens, fin_logprob, fin_score, fin_final, capped, n_best, const
     met = torch.where(is_final, all_score, NEG_INF)
     satisfied = torch.isfinite(met).any(dim=1)  # (B,)
     ranked = torch.where(satisfied.unsqueeze(1), met, all_score)
-    best_score, best = ranked.topk(min(n_best, ranked.size(1)), dim=1)
-    results = []
-    for i in range(b):
-        hyps = []
-        for j, s in zip(best[i].tolist(), best_score[i].tolist()):
-            if s == NEG_INF:
-                continue
-            toks = [w for w in all_tokens[i, j].tolist() if w >= 0]
-            hyps.append(Hypothesis(toks, float(all_lp[i, j]), float(s), not bool(is_cut[i, j])))
-        results.append(ConstrainedResult(hyps, bool(satisfied[i]) or not constraints[i]))
-    return results
+    return [ConstrainedResult(hyps, bool(satisfied[i]) or not constraints[i])
+            for i, hyps in enumerate(ranked_hypotheses(ranked, n_best, all_tokens, all_lp, is_cut))]

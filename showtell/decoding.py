@@ -192,15 +192,24 @@ def beam_search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: in
     is_cut = torch.zeros_like(all_lp, dtype=torch.bool)
     if capped is not None:
         is_cut[:, (n_steps - 1) * k:] = capped
-    best_score, best = all_score.topk(min(opts.n_best, all_score.size(1)), dim=1)
+    return ranked_hypotheses(all_score, opts.n_best, all_tokens, all_lp, is_cut)
+
+
+def ranked_hypotheses(rank_by: torch.Tensor, n_best: int, tokens: torch.Tensor, logprob: torch.Tensor,
+                      cut: torch.Tensor) -> list[list[Hypothesis]]:
+    """The ``n_best`` finished hypotheses of each image, best first, out of
+    candidates ranked by ``rank_by`` (B, N): their tokens (B, N, width) padded
+    with -1, log-probabilities (B, N) and whether each was cut at max_len (B, N).
+    Candidates ranked -inf are never returned."""
+    best_score, best = rank_by.topk(min(n_best, rank_by.size(1)), dim=1)
     results = []
-    for i in range(b):
+    for i in range(rank_by.size(0)):
         hyps = []
         for j, s in zip(best[i].tolist(), best_score[i].tolist()):
             if s == NEG_INF:
                 continue
-            toks = [w for w in all_tokens[i, j].tolist() if w >= 0]
-            hyps.append(Hypothesis(toks, float(all_lp[i, j]), float(s), not bool(is_cut[i, j])))
+            toks = [w for w in tokens[i, j].tolist() if w >= 0]
+            hyps.append(Hypothesis(toks, float(logprob[i, j]), float(s), not bool(cut[i, j])))
         results.append(hyps)
     return results
 

@@ -1,10 +1,34 @@
-"""Small made-up datasets the tests generate: tiny JPEG photos with captions
-in Karpathy's split format (what scripts/get_coco.sh leaves for COCO)."""
+"""Small made-up things the tests generate: tiny JPEG photos with captions
+in Karpathy's split format (what scripts/get_coco.sh leaves for COCO), and a
+scripted decoder whose preferences are known."""
 import json
 import os
 
 import numpy as np
+import torch
 from PIL import Image
+
+PAD, START, END, UNK = 0, 1, 2, 3  # the special ids of every showtell vocabulary
+
+
+class ScriptedDecoder(torch.nn.Module):
+    """Next-word logits are a fixed function of the previous word:
+    ``table[prev]`` (V,). The state is the previous word (B, 1)."""
+
+    feature_kind = "pooled"
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.as_tensor(table, dtype=torch.float)
+
+    def init_state(self, features):
+        return (torch.full((features.size(0), 1), START, dtype=torch.long),)
+
+    def step(self, tokens, state):
+        return self.table[tokens], (tokens.unsqueeze(1),)
+
+    def reorder_state(self, state, rows):
+        return tuple(s.index_select(0, rows) for s in state)
 
 WORDS = ["a", "dog", "cat", "man", "woman", "runs", "sits", "on", "the", "grass", "beach", "red", "ball", "with"]
 

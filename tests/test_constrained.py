@@ -11,28 +11,10 @@ from showtell.constrained import MAX_CONSTRAINTS, constrained_beam_search
 from showtell.decoders import build_decoder
 from showtell.decoding import DecodeOptions, beam_search
 
-PAD, START, END, UNK = 0, 1, 2, 3
+from synthetic import END, PAD, START, UNK, ScriptedDecoder  # noqa: F401
+
 V = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ScriptedDecoder(torch.nn.Module):
-    """Next-word logits are ``table[prev]``; the state is the previous word."""
-
-    feature_kind = "pooled"
-
-    def __init__(self, table):
-        super().__init__()
-        self.table = torch.as_tensor(table, dtype=torch.float)
-
-    def init_state(self, features):
-        return (torch.full((features.size(0), 1), START, dtype=torch.long),)
-
-    def step(self, tokens, state):
-        return self.table[tokens], (tokens.unsqueeze(1),)
-
-    def reorder_state(self, state, rows):
-        return tuple(s.index_select(0, rows) for s in state)
 
 
 def _table(prefs, rest=-10.0, end=None):

@@ -260,8 +260,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     give the same captions. ``auto`` opts into the fastest reduced precision the
     device has: bfloat16 on a CPU with native bfloat16 instructions (AVX512-BF16
     or AMX), float16 on CUDA, float32 elsewhere; it changes about one caption in
-    six on Flickr8k test (README, "Speed of captioning"). The decoder and beam
-    search always run in float32."""
+    six on Flickr8k test (README, "Speed of captioning"). It applies to the
+    encoder and the decoder; beam search's scores are always summed in float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":

@@ -161,10 +161,6 @@ class CaptionModel(nn.Module):
             return [[] for _ in word_tags]
         return [confident_constraints(tags, self.vocab.index, threshold, max_constraints) for tags in word_tags]
 
-    def words(self, tokens) -> list[str]:
-        """The words of a generated id sequence (up to <end>)."""
-        return self.vocab.decode(tokens)
-
     # --- checkpoints ------------------------------------------------------------
 
     def checkpoint(self, data_cfg: DataConfig, train_cfg: TrainConfig, half: bool = False) -> dict[str, Any]:

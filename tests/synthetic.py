@@ -30,6 +30,19 @@ class ScriptedDecoder(torch.nn.Module):
     def reorder_state(self, state, rows):
         return tuple(s.index_select(0, rows) for s in state)
 
+
+def random_decoder(decoder: str):
+    """A small seeded decoder (vocabulary 30, features of 10) whose captions run
+    a few words rather than ending at once."""
+    from showtell.config import ModelConfig
+    from showtell.decoders import build_decoder
+
+    torch.manual_seed(0)
+    dec = build_decoder(ModelConfig(decoder=decoder, embed_dim=16, hidden_dim=16, attention_dim=8), 30, 10).eval()
+    with torch.no_grad():
+        dec.out.bias[END] = -1.0
+    return dec
+
 WORDS = ["a", "dog", "cat", "man", "woman", "runs", "sits", "on", "the", "grass", "beach", "red", "ball", "with"]
 
 

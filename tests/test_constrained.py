@@ -6,12 +6,10 @@ import os
 import pytest
 import torch
 
-from showtell.config import ModelConfig
 from showtell.constrained import MAX_CONSTRAINTS, constrained_beam_search
-from showtell.decoders import build_decoder
 from showtell.decoding import DecodeOptions, beam_search
 
-from synthetic import END, PAD, START, UNK, ScriptedDecoder  # noqa: F401
+from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder  # noqa: F401
 
 V = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,17 +98,9 @@ def test_length_penalty_ranks_constrained_captions_too():
     assert long.hypotheses[0].tokens == [5, 6, 9]
 
 
-def _random_decoder(decoder):
-    torch.manual_seed(0)
-    dec = build_decoder(ModelConfig(decoder=decoder, embed_dim=16, hidden_dim=16, attention_dim=8), 30, 10).eval()
-    with torch.no_grad():
-        dec.out.bias[END] = -1.0  # captions of a few words, not all empty
-    return dec
-
-
 @pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
 def test_batched_equals_one_by_one_and_unconstrained_rows_equal_beam_search(decoder):
-    dec = _random_decoder(decoder)
+    dec = random_decoder(decoder)
     torch.manual_seed(1)
     feats = torch.randn(5, 10) if dec.feature_kind == "pooled" else torch.randn(5, 6, 10)
     opts = DecodeOptions(beam_size=4, n_best=3, max_len=8)

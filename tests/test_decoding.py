@@ -3,11 +3,9 @@ are known, and on a small random model."""
 import pytest
 import torch
 
-from showtell.config import ModelConfig
-from showtell.decoders import build_decoder
 from showtell.decoding import DecodeOptions, beam_search, greedy_decode
 
-from synthetic import END, PAD, START, UNK, ScriptedDecoder  # noqa: F401
+from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder  # noqa: F401
 
 V = 12
 
@@ -81,17 +79,9 @@ def test_min_len_delays_end():
     assert len(greedy[0].tokens) == 1
 
 
-def _random_decoder(decoder):
-    torch.manual_seed(0)
-    dec = build_decoder(ModelConfig(decoder=decoder, embed_dim=16, hidden_dim=16, attention_dim=8), 30, 10).eval()
-    with torch.no_grad():
-        dec.out.bias[END] = -1.0  # captions of a few words, not all empty
-    return dec
-
-
 @pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
 def test_n_best_sorted_distinct_and_batch_equals_one_by_one(decoder):
-    dec = _random_decoder(decoder)
+    dec = random_decoder(decoder)
     torch.manual_seed(1)
     feats = torch.randn(5, 10) if dec.feature_kind == "pooled" else torch.randn(5, 6, 10)
     opts = DecodeOptions(beam_size=5, n_best=4, max_len=8)
@@ -111,7 +101,7 @@ def test_n_best_sorted_distinct_and_batch_equals_one_by_one(decoder):
 
 
 def test_logprob_is_the_models_probability_of_the_caption():
-    dec = _random_decoder("show_tell")
+    dec = random_decoder("show_tell")
     feats = torch.randn(1, 10)
     hyp = beam_search(dec, feats, DecodeOptions(beam_size=3, max_len=8), END, START, UNK)[0][0]
     seq = torch.tensor([[START] + hyp.tokens + ([END] if hyp.finished else [])])

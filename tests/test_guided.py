@@ -115,7 +115,7 @@ def test_generate_dispatches_to_constrained_search_per_image(decoder):
         assert alone.satisfied
         assert [h.tokens for h in mixed[i]] == [h.tokens for h in alone.hypotheses]
         for h in mixed[i]:
-            assert all(set(c) & set(h.tokens) for c in constraints), model.words(h.tokens)
+            assert all(set(c) & set(h.tokens) for c in constraints), model.vocab.decode(h.tokens)
     greedy = model.generate(feats, DecodeOptions(beam_size=1, max_len=8), [[cat], [], []])
     assert set(cat) & set(greedy[0][0].tokens)
     with pytest.raises(ValueError, match="constraints for 2 images"):
@@ -225,10 +225,10 @@ def test_evaluation_guides_cached_rows_as_caption_does():
     opts = DecodeOptions(beam_size=2, max_len=6, guidance_threshold=0.01)
     constraints = model.constraints(model.word_tags(pooled), 0.01)
     assert any(constraints)  # the random head is confident enough of something at 1%
-    expected = [model.words(h[0].tokens) for h in model.generate(spatial, opts, constraints)]
+    expected = [model.vocab.decode(h[0].tokens) for h in model.generate(spatial, opts, constraints)]
     got = caption_features(model, spatial.numpy(), opts, batch_size=3, pooled=pooled.numpy())
     assert got == expected
     assert caption_features(model, spatial.numpy(), replace(opts, guidance_threshold=None)) == \
-        [model.words(h[0].tokens) for h in model.generate(spatial, opts)]
+        [model.vocab.decode(h[0].tokens) for h in model.generate(spatial, opts)]
     with pytest.raises(ValueError, match="pooled"):
         caption_features(model, spatial.numpy(), opts)

@@ -389,6 +389,9 @@ def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     guidance.add_argument("--guidance-threshold", type=float, default=None, metavar="P",
                           help="guided captions: each must name an ImageNet tag at least this probable "
                                "(default: caption()'s, showtell.captioner.GUIDANCE_THRESHOLD)")
+    p.add_argument("--dataset", default=None, choices=DataConfig.DATASETS,
+                   help="score on another dataset than the one stored in the checkpoint (with its "
+                        "--annotations/--image-root or --data-root), e.g. coco-mini's photos out of domain")
     p.add_argument("--data-root", default=None, help="override the dataset location stored in the checkpoint")
     p.add_argument("--image-root", default=None)
     p.add_argument("--annotations", default=None)
@@ -418,7 +421,7 @@ def get_evaluate_parser(prog: str = "python -m showtell evaluate") -> argparse.A
     return _fill_evaluate_parser(argparse.ArgumentParser(prog=prog, description=EVALUATE_DESCRIPTION))
 
 
-_DATA_OVERRIDES = ("data_root", "image_root", "annotations", "val_annotations", "val_image_root")
+_DATA_OVERRIDES = ("dataset", "data_root", "image_root", "annotations", "val_annotations", "val_image_root")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from showtell import caption
-from showtell.captioner import GUIDANCE_THRESHOLD, get_captioner
+from showtell.captioner import BUNDLED_MODEL, GUIDANCE_THRESHOLD, get_captioner
 from showtell.checkpoint import CheckpointError, save_checkpoint
 from showtell.cli import main
 from showtell.config import DataConfig, ModelConfig, TrainConfig
@@ -232,3 +232,14 @@ def test_evaluation_guides_cached_rows_as_caption_does():
         [model.vocab.decode(h[0].tokens) for h in model.generate(spatial, opts)]
     with pytest.raises(ValueError, match="pooled"):
         caption_features(model, spatial.numpy(), opts)
+
+
+def test_evaluate_scores_the_bundled_model_out_of_domain_on_coco_mini(coco_mini, capsys):
+    """`evaluate --dataset coco` scores a Flickr8k checkpoint on COCO photos:
+    the out-of-domain world, with caption()'s decoding (beam 3, guided)."""
+    ann = os.path.join(coco_mini, "annotations", "captions_train2017.json")
+    assert main(["evaluate", BUNDLED_MODEL, "--dataset", "coco", "--annotations", ann, "--image-root",
+                 os.path.join(coco_mini, "train2017"), "--split", "train", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["images"] == 80 and out["beam_size"] == 3 and out["guidance_threshold"] == GUIDANCE_THRESHOLD
+    assert 0 < out["cider"] < 100 and 0 < out["bleu4"] < 100 and out["meteor"] is not None

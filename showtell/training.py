@@ -59,17 +59,28 @@ def load_items(cfg: DataConfig, split: str) -> list[ImageCaptions]:
 
 def encode_captions(items: list[ImageCaptions], vocab: Vocabulary, max_len: int):
     """All captions of ``items`` as one padded id matrix (N, L), with their
-    lengths (N,) and the index of their image (N,)."""
-    seqs, image_of = [], []
-    for i, item in enumerate(items):
+    lengths (N,) and the index of their image (N,).
+
+    The matrix is the one piece of training state that grows with the caption
+    count (566,747 captions on COCO), so it is filled in place, row by row, in
+    the narrowest integer type that holds the vocabulary (int16 up to 32,767
+    words): 25 MB for COCO instead of 100 MB of int64 plus a Python list per
+    caption. Batches widen their rows to int64 (``BatchSource.make_batch``)."""
+    counts = np.fromiter((len(item.captions) for item in items), dtype=np.int64, count=len(items))
+    dtype = np.int16 if len(vocab) <= np.iinfo(np.int16).max else np.int32
+    caps = np.full((int(counts.sum()), max_len + 2), vocab.pad_id, dtype=dtype)
+    lengths = np.zeros(len(caps), dtype=np.int64)
+    j = 0
+    for item in items:
         for text in item.captions:
-            seqs.append(vocab.encode(tokenize(text), max_len))
-            image_of.append(i)
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    caps = torch.full((len(seqs), int(lengths.max())), vocab.pad_id, dtype=torch.long)
-    for j, s in enumerate(seqs):
-        caps[j, :len(s)] = torch.tensor(s)
-    return caps, lengths, torch.tensor(image_of, dtype=torch.long)
+            ids = vocab.encode(tokenize(text), max_len)
+            caps[j, :len(ids)] = ids
+            lengths[j] = len(ids)
+            j += 1
+    width = int(lengths.max()) if len(lengths) else 0
+    caps = np.ascontiguousarray(caps[:, :width])
+    image_of = np.repeat(np.arange(len(items), dtype=np.int64), counts)
+    return torch.from_numpy(caps), torch.from_numpy(lengths), torch.from_numpy(image_of)
 
 
 def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -164,7 +175,7 @@ class BatchSource:
         if self.per_image:
             batch.image_index = images_of_rows
         else:
-            batch.captions = self.caps[rows, :int(self.lengths[rows].max())] if len(rows) else None
+            batch.captions = self.caps[rows, :int(self.lengths[rows].max())].long() if len(rows) else None
         return batch
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:

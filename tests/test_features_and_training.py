@@ -85,6 +85,24 @@ def test_epoch_batches_cover_every_caption_once_and_depend_only_on_seed_and_epoc
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
 
 
+def test_encode_captions_packs_ids_compactly_and_exactly():
+    items = [ImageCaptions("a", "a.jpg", ("A dog runs.", "the dog")),
+             ImageCaptions("b", "b.jpg", ("a cat sits on a very long mat indeed",)),
+             ImageCaptions("c", "c.jpg", ("zebra dog",))]
+    vocab = Vocabulary.build([tokenize(c) for it in items for c in it.captions], min_count=1)
+    caps, lengths, image_of = encode_captions(items, vocab, max_len=5)
+    assert caps.dtype == torch.int16  # a small vocabulary fits int16: COCO's ids in a quarter of int64
+    assert image_of.tolist() == [0, 0, 1, 2]
+    expected = [vocab.encode(tokenize(c), 5) for it in items for c in it.captions]
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert caps.shape == (4, 7)  # the longest row: <start> + 5 words + <end>
+    for row, e in zip(caps.tolist(), expected):
+        assert row == e + [vocab.pad_id] * (7 - len(e))
+    big = Vocabulary.build([[f"w{i}" for i in range(40_000)]], min_count=1)
+    wide, _, _ = encode_captions([ImageCaptions("d", "d.jpg", ("w39999 w1",))], big, max_len=5)
+    assert wide.dtype == torch.int32 and wide[0, 1] == big.index["w39999"] > 32_767
+
+
 def test_tiny_model_overfits_real_pairs_until_greedy_reproduces_caption(flickr8k_root):
     """Four real photos with one caption each: the decoder must learn to say them."""
     from showtell.decoders import build_decoder
@@ -97,6 +115,7 @@ def test_tiny_model_overfits_real_pairs_until_greedy_reproduces_caption(flickr8k
     vocab = Vocabulary.build([tokenize(t) for t in texts], min_count=1)
     one_caption = [ImageCaptions(it.image_id, it.path, (t,)) for it, t in zip(items, texts)]
     caps, lengths, image_of = encode_captions(one_caption, vocab, max_len=40)
+    caps = caps.long()
     torch.manual_seed(0)
     dec = build_decoder(ModelConfig(embed_dim=64, hidden_dim=128, dropout=0.0), len(vocab), enc.feature_dim)
     opt = torch.optim.Adam(dec.parameters(), lr=3e-3)

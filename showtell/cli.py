@@ -403,6 +403,11 @@ def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
                         "where the web page's model card reads them")
     p.add_argument("--show", type=_count, default=0, metavar="N",
                    help="print the captions of the first N images beside their first reference")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
+                   help="caption with these models too, each word from the mean of their distributions "
+                        "(same vocabulary and encoder as CHECKPOINT)")
+    p.add_argument("--length-penalty", type=float, default=0.0, metavar="A",
+                   help="rank beam hypotheses by logprob / length**A (default 0: the plain sum, as caption())")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
@@ -431,7 +436,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     # By default the options caption() uses, so the figures are what users get.
     args.guidance_threshold = (None if args.no_guidance else
                                GUIDANCE_THRESHOLD if args.guidance_threshold is None else args.guidance_threshold)
-    opts = _decode_options(beam_size=args.beam_size, max_len=args.max_len, guidance_threshold=args.guidance_threshold)
+    opts = _decode_options(beam_size=args.beam_size, max_len=args.max_len, guidance_threshold=args.guidance_threshold,
+                           length_penalty=args.length_penalty)
+    if args.store and (args.ensemble or args.length_penalty):
+        raise UsageError("--store records the checkpoint's own scores at the default decoding: "
+                         "leave out --ensemble and --length-penalty")
+    for path in args.ensemble:
+        check_checkpoint_file(path)
     if args.output:
         check_output_file(args.output, "--output")
     check_checkpoint_file(args.checkpoint)
@@ -457,6 +468,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise DatasetError(f"{e} (the dataset location stored in {args.checkpoint}; "
                            f"override it with --data-root, --annotations or --image-root)") from e
     model = CaptionModel.from_checkpoint(ckpt, device=device)
+    if args.ensemble:
+        try:
+            model = CaptionModel.ensemble([model] + [CaptionModel.from_checkpoint(p, device=device)
+                                                     for p in args.ensemble])
+        except ValueError as e:
+            raise UsageError(f"--ensemble: {e}") from None
     # The same decoding options caption() uses by default, so the figures are what users get.
     scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                             device=device, progress=not args.no_progress, captions_out=args.output,
@@ -469,6 +486,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
                       "guidance_threshold": args.guidance_threshold,
+                      **({"ensemble": args.ensemble} if args.ensemble else {}),
+                      **({"length_penalty": args.length_penalty} if args.length_penalty else {}),
                       **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}))
     return 0
 

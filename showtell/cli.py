@@ -406,8 +406,8 @@ def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
                    help="caption with these models too, each word from the mean of their distributions "
                         "(same vocabulary and encoder as CHECKPOINT)")
-    p.add_argument("--length-penalty", type=float, default=0.0, metavar="A",
-                   help="rank beam hypotheses by logprob / length**A (default 0: the plain sum, as caption())")
+    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="rank beam hypotheses by logprob / length**A (default 1, as caption(); 0: the plain sum)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
@@ -437,8 +437,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     args.guidance_threshold = (None if args.no_guidance else
                                GUIDANCE_THRESHOLD if args.guidance_threshold is None else args.guidance_threshold)
     opts = _decode_options(beam_size=args.beam_size, max_len=args.max_len, guidance_threshold=args.guidance_threshold,
-                           length_penalty=args.length_penalty)
-    if args.store and (args.ensemble or args.length_penalty):
+                           **({} if args.length_penalty is None else {"length_penalty": args.length_penalty}))
+    if args.store and (args.ensemble or args.length_penalty is not None):
         raise UsageError("--store records the checkpoint's own scores at the default decoding: "
                          "leave out --ensemble and --length-penalty")
     for path in args.ensemble:
@@ -480,6 +480,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                             examples=args.show)
     if args.store:
         ckpt[f"{args.split}_scores"] = {"beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
+                                        "length_penalty": opts.length_penalty,
                                         **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}
         save_checkpoint(ckpt, args.checkpoint)
     for image_id, ours, reference in scores.pop("examples", []):
@@ -487,7 +488,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
                       "guidance_threshold": args.guidance_threshold,
                       **({"ensemble": args.ensemble} if args.ensemble else {}),
-                      **({"length_penalty": args.length_penalty} if args.length_penalty else {}),
+                      "length_penalty": opts.length_penalty,
                       **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}))
     return 0
 
@@ -519,6 +520,8 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=3)
     p.add_argument("--n-best", type=int, default=1, help="captions per image")
     p.add_argument("--max-len", type=int, default=20)
+    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="rank beam hypotheses by logprob / length**A (default 1; 0: the plain sum)")
     p.add_argument("--batch-size", type=_positive, default=32,
                    help="images decoded together; results are printed batch by batch (default 32)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines), "
@@ -594,7 +597,8 @@ def expand_images(paths: Sequence[str], recursive: bool = False) -> list[str | t
 
 def _caption(args: argparse.Namespace) -> int:
     device = check_device(args.device)
-    options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len, **_guidance_options(args))
+    options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len, **_guidance_options(args),
+                   **({} if args.length_penalty is None else {"length_penalty": args.length_penalty}))
     _decode_options(**options)
     if args.checkpoint:
         check_checkpoint_file(args.checkpoint)

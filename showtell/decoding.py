@@ -22,7 +22,10 @@ class DecodeOptions:
     n_best: int = 1
     max_len: int = 20  # words, not counting <end>
     min_len: int = 1  # words before <end> may be chosen
-    length_penalty: float = 0.0  # rank by logprob / length ** length_penalty
+    # Rank by logprob / length ** length_penalty. 1.0 (the mean per-word logprob)
+    # was chosen on Flickr8k val over 0, 0.4 and 0.7 (CIDEr-D 46.1 -> 47.5) and
+    # raises every metric on test and on coco-mini (README, Results); 0 = the plain sum.
+    length_penalty: float = 1.0
     block_repeat_trigrams: bool = True
     block_repeat_words: bool = True  # never the same word twice in a row
     ban_unk: bool = True  # an <unk> caption is never preferred

@@ -153,10 +153,11 @@ def _display_name(image: Any) -> str:
     return "the image"
 
 
-def _shares(logprobs: Sequence[float]) -> list[float]:
-    """Each caption's share of the n-best probability mass in %, one decimal."""
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
+def _shares(scores: Sequence[float]) -> list[float]:
+    """Each caption's share in %, one decimal: the softmax of the scores the
+    captions were ranked by, so shares fall with the rank."""
+    top = max(scores)
+    weights = [math.exp(x - top) for x in scores]
     return [round(100.0 * w / sum(weights), 1) for w in weights]
 
 
@@ -174,8 +175,10 @@ def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEA
          "required": [[words], ...],  # the tags the caption had to name (guided captioning), or []
          "seconds": time spent on this request}
 
-    ``share`` is the softmax of the log-probabilities over the n-best list in %
-    (one decimal; they add up to 100). ``num_captions`` larger than
+    ``share`` is the softmax over the n-best list of the scores the captions
+    were ranked by, in % (one decimal; they add up to 100): with the default
+    length penalty 1 a score is the log-probability per word, so a longer
+    caption is not penalised for its length, and shares fall with the rank. ``num_captions`` larger than
     ``beam_size`` is clamped to it (a beam of k yields at most k captions).
 
     Raises ``gr.Error`` with a clear message for a missing or unreadable image
@@ -193,7 +196,7 @@ def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEA
     if not caps:
         raise gr.Error("The model produced no caption for this image.", print_exception=False)
     rows = [{"rank": rank, "caption": c.text, "share": share, "logprob": round(c.logprob, 4)}
-            for rank, (c, share) in enumerate(zip(caps, _shares([c.logprob for c in caps])), start=1)]
+            for rank, (c, share) in enumerate(zip(caps, _shares([c.score for c in caps])), start=1)]
     return {"caption": caps[0].text, "captions": rows, "confidence": confidence(caps).as_dict(),
             "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
                      for t in caps[0].tags],

@@ -107,7 +107,10 @@ def test_handler_returns_best_caption_and_sorted_n_best(captioner):
     out = caption_image(captioner, str(PHOTO))
     _check_rows(out["caption"], _table(out), 3)
     logprobs = [r["logprob"] for r in out["captions"]]
-    assert logprobs == sorted(logprobs, reverse=True) and all(lp < 0 for lp in logprobs)
+    assert all(lp < 0 for lp in logprobs)
+    # Ranked by log-probability per word (<end> included): the default length penalty 1.
+    per_word = [r["logprob"] / (len(r["caption"].split()) + 1) for r in out["captions"]]
+    assert per_word == sorted(per_word, reverse=True)
     out5 = caption_image(captioner, str(PHOTO), beam_size=5, num_captions=5)
     _check_rows(out5["caption"], _table(out5), 5)
     assert len({r["caption"] for r in out5["captions"]}) == 5

@@ -181,15 +181,18 @@ class FeatureSet:
 
 
 def extraction_workers(on_gpu: bool) -> int:
-    """Image-decoding processes for feature extraction. JPEG decoding is the
-    bottleneck (an H100 encodes ~19,000 photos/s, a core decodes ~100-200):
-    on a GPU every core but the one feeding it decodes; on a CPU, where the
-    encoder needs cores too, one worker a core."""
+    """Image-decoding processes for feature extraction. On a GPU, JPEG decoding
+    is the bottleneck (an H100 encodes ~19,000 photos/s, a core decodes
+    ~100-200): every core but the one feeding it decodes. On a CPU the encoder
+    is (a decoding worker used ~6 % of a core while the forward pass took both
+    of a 2-core machine), so a quarter of the cores decode and the rest
+    encode: on 2 cores one worker gave 35.8 photos/s against 29.3 with two
+    (``python benchmarks/bench_features.py --max-images 1500 --workers N``)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return max(1, min(32, cores - 1 if on_gpu else cores))
+    return max(1, min(32, cores - 1 if on_gpu else cores // 4))
 
 
 def extraction_batch(on_gpu: bool) -> int:

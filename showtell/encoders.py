@@ -30,7 +30,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .images import Preprocessing
 
 
-
 class EncoderOutput(NamedTuple):
     """What an encoder returns for a batch of images."""
 

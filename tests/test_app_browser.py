@@ -121,6 +121,7 @@ def test_upload_captions_at_once_with_confidence_table_and_time(page):
     assert " s on the server" in page.locator("#timing").inner_text()
     # The model card reads the checkpoint.
     page.locator("#model-card").get_by_text("About this model").click()
+    page.wait_for_function("document.querySelector('#model-card').innerText.includes('words')")  # opened
     card = page.locator("#model-card").inner_text()
     assert "Flickr8k" in card and "2,538 words" in card and "BLEU-4 18.6" in card
 

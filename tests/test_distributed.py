@@ -35,6 +35,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn(worker, *args) -> None:
+    """Two processes of ``worker(rank, 2, port, *args)`` on a free port. A port
+    found free can be taken again before rank 0's store binds it; a run that
+    failed at that rendezvous (before any work) is started again on another."""
+    for attempt in range(3):
+        try:
+            mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2)
+            return
+        except mp.ProcessRaisedException as e:
+            if "_create_c10d_store" not in str(e) or attempt == 2:
+                raise
+
+
 def _join(rank: int, world: int, port: int) -> Distributed:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
@@ -85,7 +98,7 @@ def _epoch_worker(rank, world, port, folder, items, objective, out):
 def test_two_ranks_end_an_epoch_with_the_weights_of_one_process(tmp_path):
     items = _write_features(tmp_path)
     one = _one_epoch(tmp_path, items, "xe", Distributed())
-    mp.spawn(_epoch_worker, args=(2, _free_port(), str(tmp_path), items, "xe", str(tmp_path)), nprocs=2)
+    _spawn(_epoch_worker, str(tmp_path), items, "xe", str(tmp_path))
     ranks = [torch.load(tmp_path / f"xe-rank{r}.pt", weights_only=True) for r in range(2)]
     assert len(one["losses"]) == 8 and one["losses"][-1][1] == 1  # the last global batch holds one caption
     for k, v in one["decoder"].items():
@@ -102,7 +115,7 @@ def test_two_ranks_end_an_epoch_with_the_weights_of_one_process(tmp_path):
 
 def test_self_critical_training_on_two_ranks_keeps_them_in_step(tmp_path):
     items = _write_features(tmp_path)
-    mp.spawn(_epoch_worker, args=(2, _free_port(), str(tmp_path), items, "scst", str(tmp_path)), nprocs=2)
+    _spawn(_epoch_worker, str(tmp_path), items, "scst", str(tmp_path))
     ranks = [torch.load(tmp_path / f"scst-rank{r}.pt", weights_only=True) for r in range(2)]
     assert sorted(n for _, n in ranks[0]["losses"]) == [4, 5, 5, 5, 5]  # 24 images in global batches of 5
     for k, v in ranks[0]["decoder"].items():
@@ -135,11 +148,11 @@ def test_a_ddp_run_resumed_mid_epoch_ends_as_if_never_stopped(tmp_path):
     snaps = tmp_path / "snaps"
     snaps.mkdir()
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    mp.spawn(_train_worker, args=(2, _free_port(), cfgs, str(straight), False, str(snaps)), nprocs=2)
+    _spawn(_train_worker, cfgs, str(straight), False, str(snaps))
     resumed.mkdir()
     shutil.copy(snaps / "e1s4.pt", resumed / "last.pt")  # as if killed in epoch 2 after step 4
     shutil.copy(straight / "log.jsonl", resumed / "log.jsonl")
-    mp.spawn(_train_worker, args=(2, _free_port(), cfgs, str(resumed), True, ""), nprocs=2)
+    _spawn(_train_worker, cfgs, str(resumed), True, "")
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(resumed / "last.pt", weights_only=True)
     assert b["training"]["finished"] and b["training"]["epoch"] == 2

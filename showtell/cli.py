@@ -406,8 +406,7 @@ def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
                    help="caption with these models too, each word from the mean of their distributions "
                         "(same vocabulary and encoder as CHECKPOINT)")
-    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
-                   help="rank beam hypotheses by logprob / length**A (default 1, as caption(); 0: the plain sum)")
+    _add_length_penalty(p)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
@@ -437,7 +436,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     args.guidance_threshold = (None if args.no_guidance else
                                GUIDANCE_THRESHOLD if args.guidance_threshold is None else args.guidance_threshold)
     opts = _decode_options(beam_size=args.beam_size, max_len=args.max_len, guidance_threshold=args.guidance_threshold,
-                           **({} if args.length_penalty is None else {"length_penalty": args.length_penalty}))
+                           **_length_penalty_option(args))
     if args.store and (args.ensemble or args.length_penalty is not None):
         raise UsageError("--store records the checkpoint's own scores at the default decoding: "
                          "leave out --ensemble and --length-penalty")
@@ -520,8 +519,7 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=3)
     p.add_argument("--n-best", type=int, default=1, help="captions per image")
     p.add_argument("--max-len", type=int, default=20)
-    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
-                   help="rank beam hypotheses by logprob / length**A (default 1; 0: the plain sum)")
+    _add_length_penalty(p)
     p.add_argument("--batch-size", type=_positive, default=32,
                    help="images decoded together; results are printed batch by batch (default 32)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line (JSON Lines), "
@@ -537,6 +535,16 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="also write where the model looked for each word: OUT_DIR/NAME_NN_WORD.png per word "
                         "and OUT_DIR/NAME_grid.png (needs a show_attend_tell model, as the bundled one is)")
     return p
+
+
+def _add_length_penalty(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--length-penalty", type=float, default=None, metavar="A",
+                   help="rank beam hypotheses by logprob / length**A (default 1, as caption(); 0: the plain sum)")
+
+
+def _length_penalty_option(args: argparse.Namespace) -> dict:
+    """The length_penalty that --length-penalty asks for ({} = the default)."""
+    return {} if args.length_penalty is None else {"length_penalty": args.length_penalty}
 
 
 def _guidance_options(args: argparse.Namespace) -> dict:
@@ -598,7 +606,7 @@ def expand_images(paths: Sequence[str], recursive: bool = False) -> list[str | t
 def _caption(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len, **_guidance_options(args),
-                   **({} if args.length_penalty is None else {"length_penalty": args.length_penalty}))
+                   **_length_penalty_option(args))
     _decode_options(**options)
     if args.checkpoint:
         check_checkpoint_file(args.checkpoint)

@@ -382,3 +382,10 @@ def test_from_a_shell_the_mistake_is_one_line_without_traceback(argv, words, tmp
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and done.stderr.startswith("error: ")
     assert words in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["caption", "evaluate"])
+def test_length_penalty_flag_is_checked_like_the_option(command, capsys):
+    target = str(EXAMPLES / "cat.jpg") if command == "caption" else str(EXAMPLES / "missing.pt")
+    assert main([command, target, "--length-penalty", "nan"]) == 2
+    assert "--length-penalty must be finite" in capsys.readouterr().err

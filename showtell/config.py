@@ -122,6 +122,8 @@ class TrainConfig:
     objective: str = "xe"  # "xe" (cross-entropy, teacher forcing) or "scst" (self-critical, CIDEr-D reward)
     label_smoothing: float = 0.0  # xe only
     attention_reg: float = 0.0  # xe, show_attend_tell: doubly stochastic attention (Xu et al. eq. 14)
+    scheduled_sampling: float = 0.0  # xe: highest probability of feeding the model its own previous word
+    scheduled_sampling_ramp: int = 5  # xe: epochs over which that probability rises linearly from 0
     scst_samples: int = 5  # captions sampled per image
     scst_baseline: str = "mean"  # "mean" of the other samples or "greedy"
 
@@ -130,7 +132,8 @@ class TrainConfig:
     SCST_BASELINES = ("mean", "greedy")
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "lr_decay_every", "early_stop_patience", "max_decode_len"):
+        for name in ("epochs", "batch_size", "lr_decay_every", "early_stop_patience", "max_decode_len",
+                     "scheduled_sampling_ramp"):
             _check(self, name, int, 1)
         for name in ("val_max_images", "seed", "checkpoint_every"):
             _check(self, name, int, 0)
@@ -141,6 +144,7 @@ class TrainConfig:
         _check(self, "amp", bool)
         _check(self, "label_smoothing", float, 0.0, 1.0)
         _check(self, "attention_reg", float, 0.0)
+        _check(self, "scheduled_sampling", float, 0.0, 1.0)
         _check(self, "scst_samples", int, 2 if self.scst_baseline == "mean" else 1)
         _check_choice(self, "objective", self.OBJECTIVES)
         _check_choice(self, "select_metric", self.SELECT_METRICS)

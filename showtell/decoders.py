@@ -10,7 +10,9 @@
 Both share one interface, used by training, greedy decoding and beam search:
 - ``forward(features, captions)``: teacher-forced logits; with
   ``return_attention=True`` also the attention weights (B, T-1, P) of a decoder
-  that has them (``has_attention``), None for one that does not;
+  that has them (``has_attention``), None for one that does not; with
+  ``sampling=p`` scheduled sampling (each word fed back is, with probability p,
+  drawn from the model's own previous prediction; see :func:`fed_words`);
 - ``init_state(features)`` then ``step(tokens, state)``: one word at a time,
   the state carried along (every state tensor has the batch on dim 0);
 - ``reorder_state(state, rows)``: the state of hypotheses ``rows``, for beam
@@ -28,6 +30,19 @@ from .config import ModelConfig
 State = tuple[torch.Tensor, ...]
 
 
+def fed_words(reference: torch.Tensor, previous_logits: torch.Tensor | None, sampling: float) -> torch.Tensor:
+    """The words (B,) fed to the decoder at one teacher-forced step. Scheduled
+    sampling (S. Bengio et al., "Scheduled Sampling for Sequence Prediction with
+    Recurrent Neural Networks", NeurIPS 2015): each caption's word is, with
+    probability ``sampling``, drawn from the model's own distribution at the
+    previous step instead of the reference word, so training sees the
+    model's mistakes as generation will. The targets stay the reference."""
+    if sampling <= 0 or previous_logits is None:
+        return reference
+    own = torch.multinomial(previous_logits.detach().float().softmax(dim=-1), 1).squeeze(1)
+    return torch.where(torch.rand(reference.shape, device=reference.device) < sampling, own, reference)
+
+
 class ShowTellDecoder(nn.Module):
     feature_kind = "pooled"
     has_attention = False
@@ -41,15 +56,29 @@ class ShowTellDecoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False):
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False,
+                sampling: float = 0.0):
         """features (B, C), captions (B, T) = <start> w1 .. <end> <pad>..
         -> logits (B, T-1, V) predicting captions[:, 1:] (and None: no attention)."""
+        if sampling > 0:
+            logits = self._forward_step_by_step(features, captions, sampling)
+            return (logits, None) if return_attention else logits
         img = self.image_embed(features).unsqueeze(1)  # (B, 1, E)
         words = self.dropout(self.embed(captions[:, :-1]))  # (B, T-1, E)
         # No dropout on the image step: it is the only view of the photo the LSTM gets.
         out, _ = self.lstm(torch.cat([img, words], dim=1))  # (B, T, H)
         logits = self.out(self.dropout(out[:, 1:]))  # the image step predicts nothing
         return (logits, None) if return_attention else logits
+
+    def _forward_step_by_step(self, features: torch.Tensor, captions: torch.Tensor, sampling: float):
+        """forward() one word at a time (same dropout), each word fed by :func:`fed_words`."""
+        _, hc = self.lstm(self.image_embed(features).unsqueeze(1))
+        logits = []
+        for t in range(captions.size(1) - 1):
+            words = fed_words(captions[:, t], logits[-1] if logits else None, sampling)
+            out, hc = self.lstm(self.dropout(self.embed(words)).unsqueeze(1), hc)
+            logits.append(self.out(self.dropout(out[:, 0])))
+        return torch.stack(logits, dim=1)
 
     def init_state(self, features: torch.Tensor) -> State:
         _, (h, c) = self.lstm(self.image_embed(features).unsqueeze(1))  # (L, B, H) each
@@ -113,13 +142,15 @@ class ShowAttendTellDecoder(nn.Module):
         # a reorder within an image leaves them unchanged (no 2 x (B*k, P, D) copy per step).
         return h.index_select(0, rows), c.index_select(0, rows), feats, keys
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False):
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False,
+                sampling: float = 0.0):
         """features (B, P, C), captions (B, T) -> logits (B, T-1, V), and with
         ``return_attention`` the attention weights (B, T-1, P) behind each word."""
         state = self.init_state(features)
         logits, alphas = [], []
         for t in range(captions.size(1) - 1):
-            step_logits, state, alpha = self.step_with_attention(captions[:, t], state)
+            words = fed_words(captions[:, t], logits[-1] if logits else None, sampling)
+            step_logits, state, alpha = self.step_with_attention(words, state)
             logits.append(step_logits)
             alphas.append(alpha)
         logits = torch.stack(logits, dim=1)

@@ -76,5 +76,6 @@ class EnsembleDecoder(nn.Module):
         return tuple(t for member, s in zip(self.members, self._split(state))
                      for t in member.reorder_state(s, rows))
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False):
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False,
+                sampling: float = 0.0):
         raise RuntimeError("an ensemble only decodes: train its members one by one")

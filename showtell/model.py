@@ -82,11 +82,13 @@ class CaptionModel(nn.Module):
         (the ImageNet tags read the pooled vector, attention maps the grid)."""
         return self.encoder(pixels)
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False):
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False,
+                sampling: float = 0.0):
         """Teacher-forced logits (B, T-1, V) of captions (B, T) = <start> .. <end> <pad>..
         given decoder features; with ``return_attention`` also the attention
-        weights (B, T-1, P), or None for a decoder without attention."""
-        return self.decoder(features, captions, return_attention=return_attention)
+        weights (B, T-1, P), or None for a decoder without attention; with
+        ``sampling`` > 0, scheduled sampling (:func:`showtell.decoders.fed_words`)."""
+        return self.decoder(features, captions, return_attention=return_attention, sampling=sampling)
 
     @torch.no_grad()
     def generate(self, features: torch.Tensor, opts: DecodeOptions,

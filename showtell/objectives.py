@@ -2,9 +2,10 @@
 self-critical.pytorch's ``loss_wrapper.py``): a new objective is a new class,
 not a branch inside the training loop.
 
-- :class:`CrossEntropy`: teacher forcing, optional label smoothing and the
+- :class:`CrossEntropy`: teacher forcing, optional label smoothing, the
   doubly stochastic attention regulariser of Show, Attend and Tell
-  (K. Xu et al., ICML 2015, eq. 14).
+  (K. Xu et al., ICML 2015, eq. 14) and scheduled sampling (S. Bengio et al.,
+  NeurIPS 2015) on a schedule over epochs.
 - :class:`SelfCritical`: self-critical sequence training (S. Rennie et al.,
   "Self-critical Sequence Training for Image Captioning", CVPR 2017) with the
   CIDEr-D reward and, by default, the mean reward of the image's other samples
@@ -12,7 +13,8 @@ not a branch inside the training loop.
 
 An objective is called as ``objective(model, batch)`` and returns
 ``(loss, weight)``: the scalar loss and how many items it averages over (for
-the running mean in the log). Underneath, ``objective.parts(model, batch)``
+the running mean in the log); ``objective.begin_epoch(epoch)`` is called before
+each epoch (0-based) for what changes over the run. Underneath, ``objective.parts(model, batch)``
 gives the loss as ``n_parts`` sums with the count each is divided by (tokens,
 images x positions): several processes, each with a slice of the batch, add
 up their counts before dividing, so their summed gradients equal one
@@ -34,14 +36,23 @@ class CrossEntropy:
     pad_id: int
     label_smoothing: float = 0.0
     attention_reg: float = 0.0  # lambda of Xu et al. eq. 14; 0 = off
+    scheduled_sampling: float = 0.0  # the highest probability of feeding the model its own word
+    sampling_ramp: int = 5  # epochs over which that probability rises linearly from 0
+    sampling: float = 0.0  # the probability in the current epoch (set by begin_epoch)
 
     n_parts = 2  # word cross-entropy / words; attention penalty / (images x positions)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Scheduled sampling's probability for ``epoch`` (0-based): 0 in the
+        first epoch, reaching ``scheduled_sampling`` after ``sampling_ramp`` epochs."""
+        self.sampling = self.scheduled_sampling * min(1.0, epoch / self.sampling_ramp)
 
     def parts(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums (2,) and the counts (2,) they are divided by."""
         captions = batch.captions  # (B, T)
         want_attention = self.attention_reg > 0 and model.decoder.has_attention
-        logits, alphas = model(batch.features, captions, return_attention=True)  # (B, T-1, V), (B, T-1, P)
+        logits, alphas = model(batch.features, captions, return_attention=True,
+                               sampling=self.sampling if model.training else 0.0)  # (B, T-1, V), (B, T-1, P)
         target = captions[:, 1:]
         words = target != self.pad_id
         xent = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1),
@@ -81,6 +92,9 @@ class SelfCritical:
         return torch.as_tensor(self.cider.score_indices(words, image_index.tolist())[1], dtype=torch.float32)
 
     n_parts = 1  # -advantage x log-probability / sampled words
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass  # nothing changes over a self-critical run
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, int]:
         sums, counts = self.parts(model, batch)

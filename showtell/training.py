@@ -403,7 +403,8 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
 
 def make_objective(cfg: TrainConfig, model: CaptionModel, cider: CiderD):
     if cfg.objective == "xe":
-        return CrossEntropy(model.vocab.pad_id, cfg.label_smoothing, cfg.attention_reg)
+        return CrossEntropy(model.vocab.pad_id, cfg.label_smoothing, cfg.attention_reg, cfg.scheduled_sampling,
+                            cfg.scheduled_sampling_ramp)
     if cfg.objective == "scst":
         return SelfCritical(cider, cfg.scst_samples, cfg.scst_baseline, cfg.max_decode_len)
     raise ValueError(f"unknown objective {cfg.objective!r}; choose 'xe' or 'scst'")
@@ -522,6 +523,7 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
         epoch, t_epoch = state["epoch"], time.time()
         n_batches = len(source.epoch(epoch))
         start = state["step"]  # > 0 when resuming mid-epoch
+        objective.begin_epoch(epoch)
         model.train()
         skipped = 0
         bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",

@@ -104,6 +104,50 @@ def test_attention_regulariser_adds_to_the_loss_and_its_gradient():
     assert model.decoder.att_score.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+def test_scheduled_sampling_feeds_the_models_own_words(decoder):
+    model = _model(decoder)  # eval mode: no dropout, so only the fed words differ
+    feats = torch.randn(2, 512) if decoder == "show_tell" else torch.randn(2, 49, 512)
+    caps = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 6, 7, 8, 9, 2]])
+    other = torch.tensor([[1, 9, 9, 9, 9, 9], [1, 4, 4, 4, 4, 4]])  # same <start>, other words
+    with torch.no_grad():
+        forced = model(feats, caps)
+        torch.manual_seed(1)
+        never = model(feats, caps, sampling=1e-12)  # the step-by-step path, every word the reference
+        torch.manual_seed(1)
+        own = model(feats, caps, sampling=1.0)
+        torch.manual_seed(1)
+        own_other = model(feats, other, sampling=1.0)
+    assert torch.allclose(never, forced, atol=1e-5)
+    # Always fed its own words, the model no longer reads the reference after <start> ...
+    assert torch.allclose(own, own_other, atol=1e-6)
+    # ... and from the second word on it saw something else than under teacher forcing.
+    assert torch.allclose(own[:, 0], forced[:, 0], atol=1e-5)
+    assert not torch.allclose(own[:, 1:], forced[:, 1:], atol=1e-3)
+
+
+def test_scheduled_sampling_rises_over_the_ramp_and_only_while_training():
+    objective = CrossEntropy(0, scheduled_sampling=0.25, sampling_ramp=5)
+    probs = []
+    for epoch in range(8):
+        objective.begin_epoch(epoch)
+        probs.append(objective.sampling)
+    assert probs == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.25, 0.25])
+    model = _model()
+    seen = []
+    real_forward = model.decoder.forward
+    model.decoder.forward = lambda *a, **k: seen.append(k["sampling"]) or real_forward(*a, **k)
+    batch = Batch(size=1, captions=torch.tensor([[1, 4, 5, 2]]), features=torch.randn(1, 49, 512))
+    objective(model, batch)  # eval mode (validation-like): teacher forcing
+    model.train()
+    objective(model, batch)
+    assert seen == [0.0, 0.25]
+    with pytest.raises(ValueError, match="scheduled_sampling"):
+        TrainConfig(scheduled_sampling=1.5)
+    with pytest.raises(ValueError, match="scheduled_sampling_ramp"):
+        TrainConfig(scheduled_sampling_ramp=0)
+
+
 class _ExactMatch:
     """A stand-in reward for the baseline arithmetic: 1 for the reference caption."""
 

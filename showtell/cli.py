@@ -62,10 +62,8 @@ class UsageError(ValueError):
 
 def _choices() -> dict[str, Sequence[str]]:
     """argparse choices for config fields that name something in a registry."""
-    from .decoders import DECODERS
-    from .encoders import ENCODERS
-
-    return {"encoder": sorted(ENCODERS), "decoder": sorted(DECODERS), "dataset": DataConfig.DATASETS,
+    return {"encoder": sorted(ModelConfig.ENCODERS), "decoder": sorted(ModelConfig.DECODERS),
+            "dataset": DataConfig.DATASETS,
             "train_split": DataConfig.SPLITS, "val_split": DataConfig.SPLITS}
 
 
@@ -734,7 +732,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 # name: (one line for the command list, description, parser filler, runner)
 COMMANDS: dict[str, tuple[str, str, Callable, Callable[[argparse.Namespace], int]]] = {
     "caption": ("caption photos, or every photo in a folder", CAPTION_DESCRIPTION, _fill_caption_parser, _caption),
-    "evaluate": ("score a checkpoint with BLEU on a dataset split", EVALUATE_DESCRIPTION, _fill_evaluate_parser,
+    "evaluate": ("score a checkpoint on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr-D)", EVALUATE_DESCRIPTION, _fill_evaluate_parser,
                  _evaluate),
     "export": ("strip a checkpoint to the model alone, optionally in fp16", EXPORT_DESCRIPTION,
                _fill_export_parser, _export),

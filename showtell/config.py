@@ -47,7 +47,7 @@ def _check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
 class ModelConfig:
     """The encoder and decoder architecture."""
 
-    encoder: str = "efficientnet_lite0"  # see showtell.encoders.ENCODERS
+    encoder: str = "efficientnet_lite0"  # one of ENCODERS
     decoder: str = "show_tell"  # "show_tell" (NIC) or "show_attend_tell"
     embed_dim: int = 512
     hidden_dim: int = 512
@@ -55,6 +55,13 @@ class ModelConfig:
     num_layers: int = 1  # show_tell only
     dropout: float = 0.5
     fine_tune_encoder: bool = False  # train the encoder's last stage too
+
+    # The names showtell.encoders and showtell.decoders build (their registries
+    # are keyed by these; a test holds them equal). Here, without torch, so the
+    # command line lists them without importing it.
+    ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+    DECODERS = ("show_tell", "show_attend_tell")
 
     def __post_init__(self):
         # Names are checked against the registries where the model is built

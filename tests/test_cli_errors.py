@@ -75,6 +75,25 @@ def test_help_lists_each_command_with_a_line(capsys):
         assert len(line.split()) > 3  # the command and what it does
 
 
+def test_help_does_not_import_torch():
+    # Help and the flags' checks come first; torch (seconds to import) only when work starts.
+    code = ("import sys\nfrom showtell.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['caption', '--help'], ['evaluate', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "import showtell\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert callable(showtell.caption) and 'torch' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_names_the_command_line_offers_are_those_the_registries_build():
+    from showtell.decoders import DECODERS
+    from showtell.encoders import ENCODERS
+
+    assert sorted(ModelConfig.ENCODERS) == sorted(ENCODERS)
+    assert sorted(ModelConfig.DECODERS) == sorted(DECODERS)
+
+
 def test_a_typo_gets_invalid_choice_and_the_commands(capsys):
     assert main(["capton", "a.jpg"]) == 2
     err = capsys.readouterr().err

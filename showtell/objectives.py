@@ -13,9 +13,9 @@ not a branch inside the training loop.
 
 An objective is called as ``objective(model, batch)`` and returns
 ``(loss, weight)``: the scalar loss and how many items it averages over (for
-the running mean in the log); ``objective.begin_epoch(epoch)`` is called before
-each epoch (0-based) for what changes over the run. Underneath, ``objective.parts(model, batch)``
-gives the loss as ``n_parts`` sums with the count each is divided by (tokens,
+the running mean in the log); ``objective.begin_epoch(epoch)`` is called
+before each epoch (0-based) for what changes over a run. Underneath,
+``objective.parts(model, batch)`` gives the loss as ``n_parts`` sums with the count each is divided by (tokens,
 images x positions): several processes, each with a slice of the batch, add
 up their counts before dividing, so their summed gradients equal one
 process's on the whole batch (see showtell.distributed).

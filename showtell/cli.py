@@ -732,8 +732,8 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 # name: (one line for the command list, description, parser filler, runner)
 COMMANDS: dict[str, tuple[str, str, Callable, Callable[[argparse.Namespace], int]]] = {
     "caption": ("caption photos, or every photo in a folder", CAPTION_DESCRIPTION, _fill_caption_parser, _caption),
-    "evaluate": ("score a checkpoint on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr-D)", EVALUATE_DESCRIPTION, _fill_evaluate_parser,
-                 _evaluate),
+    "evaluate": ("score a checkpoint on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr-D)", EVALUATE_DESCRIPTION,
+                 _fill_evaluate_parser, _evaluate),
     "export": ("strip a checkpoint to the model alone, optionally in fp16", EXPORT_DESCRIPTION,
                _fill_export_parser, _export),
     "train": ("train a captioner (the same flags as train.py)", TRAIN_DESCRIPTION, _fill_train_parser, _train),

@@ -403,8 +403,9 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
 
 def make_objective(cfg: TrainConfig, model: CaptionModel, cider: CiderD):
     if cfg.objective == "xe":
-        return CrossEntropy(model.vocab.pad_id, cfg.label_smoothing, cfg.attention_reg, cfg.scheduled_sampling,
-                            cfg.scheduled_sampling_ramp)
+        return CrossEntropy(model.vocab.pad_id, label_smoothing=cfg.label_smoothing,
+                            attention_reg=cfg.attention_reg, scheduled_sampling=cfg.scheduled_sampling,
+                            sampling_ramp=cfg.scheduled_sampling_ramp)
     if cfg.objective == "scst":
         return SelfCritical(cider, cfg.scst_samples, cfg.scst_baseline, cfg.max_decode_len)
     raise ValueError(f"unknown objective {cfg.objective!r}; choose 'xe' or 'scst'")

@@ -64,9 +64,9 @@ class ModelConfig:
     DECODERS = ("show_tell", "show_attend_tell")
 
     def __post_init__(self):
-        # Names are checked against the registries where the model is built
-        # (encoders.build_encoder, decoders.build_decoder): importing them here
-        # would make this module depend on torch.
+        # Names are checked where the model is built (encoders.build_encoder,
+        # decoders.build_decoder; ENCODERS/DECODERS above only feed the command
+        # line's choices), so a config here stays what it was before the lists.
         for name in ("encoder", "decoder"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise TypeError(f"{name} (--{name}) must be a name, got {getattr(self, name)!r}")

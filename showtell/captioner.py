@@ -182,8 +182,9 @@ class Captioner:
         tags, required, hyps = self._guided(enc, opts)
         best = hyps[0][0]
         best_caption = self._scored(best, tags[0], required[0])
-        # Teacher-forcing the chosen caption replays the decoder's steps exactly
-        # (eval mode: no dropout) and returns the attention behind each word.
+        # Teacher-forcing the chosen caption replays the decoder's steps (eval
+        # mode: no dropout; beam search's fused steps equal them to float
+        # rounding) and returns the attention behind each word.
         v = self.vocab
         ids = torch.tensor([[v.start_id] + best.tokens + [v.end_id]], device=self.device)
         _, alphas = self.model(feats, ids, return_attention=True)  # (1, T+1, P)

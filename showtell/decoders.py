@@ -16,13 +16,17 @@ Both share one interface, used by training, greedy decoding and beam search:
 - ``init_state(features)`` then ``step(tokens, state)``: one word at a time,
   the state carried along (every state tensor has the batch on dim 0);
 - ``reorder_state(state, rows)``: the state of hypotheses ``rows``, for beam
-  search, where a hypothesis only ever takes over another of the same image.
+  search, where a hypothesis only ever takes over another of the same image;
+- ``decoding_steps()``: what inference should step (the three methods above):
+  the decoder itself, or for Show-Attend-Tell in eval mode without gradients
+  :class:`FusedAttendSteps`, the same arithmetic in fewer, larger operations.
 ``feature_kind`` says which cached features a decoder reads: the pooled
 vector (B, C) or the spatial map (B, P, C).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -93,6 +97,9 @@ class ShowTellDecoder(nn.Module):
     def reorder_state(self, state: State, rows: torch.Tensor) -> State:
         return tuple(s.index_select(0, rows) for s in state)
 
+    def decoding_steps(self):
+        return self  # cuDNN's / MKL's LSTM already runs the whole cell as one operation
+
 
 class ShowAttendTellDecoder(nn.Module):
     feature_kind = "spatial"
@@ -112,6 +119,19 @@ class ShowAttendTellDecoder(nn.Module):
         self.cell = nn.LSTMCell(cfg.embed_dim + d, h)
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(h, vocab_size)
+        self._fused: tuple[tuple, FusedAttendSteps] | None = None  # inference's copy and the weights it was made of
+
+    def decoding_steps(self):
+        """The steps inference runs: :class:`FusedAttendSteps` in eval mode
+        without gradients (remade whenever a weight changed), else the decoder
+        itself (training, SCST's sampling, and autocast's reduced precision,
+        whose per-operation casts the fused steps would bypass)."""
+        if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(self.out.weight.device.type):
+            return self
+        key = tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, FusedAttendSteps(self))
+        return self._fused[1]
 
     def init_state(self, features: torch.Tensor) -> State:
         """features (B, P, C) -> (h, c, projected features (B, P, D), attention keys (B, P, A))."""
@@ -155,6 +175,72 @@ class ShowAttendTellDecoder(nn.Module):
             alphas.append(alpha)
         logits = torch.stack(logits, dim=1)
         return (logits, torch.stack(alphas, dim=1)) if return_attention else logits
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``, through oneDNN for float32 on a CPU. Beam search multiplies
+    a few rows (its k hypotheses) by each matrix: MKL's GEMM then runs on one
+    thread at about a third of its one-row speed per row, where oneDNN's splits
+    the matrix over every core (benchmarks/bench_decoder_step.py)."""
+    if _ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class FusedAttendSteps:
+    """:class:`ShowAttendTellDecoder`'s ``init_state``, ``step`` and
+    ``reorder_state`` for inference, in two matrix products a word instead of
+    six (the results equal the decoder's to float rounding):
+
+    - a word's share of the LSTM's gates, embedding times input weights plus
+      both biases, is a table (V, 4H) made once, read by row;
+    - everything that reads the new hidden state (the output layer, then the
+      next step's recurrent weights, attention query and gate) is one product
+      with the four matrices stacked, its result carried in the state.
+
+    A frozen copy: :meth:`ShowAttendTellDecoder.decoding_steps` makes a new one
+    when a weight changes."""
+
+    def __init__(self, decoder: ShowAttendTellDecoder):
+        with torch.no_grad():
+            cell, e = decoder.cell, decoder.embed.embedding_dim
+            self.decoder = decoder
+            self.word_gates = torch.addmm(cell.bias_ih + cell.bias_hh, decoder.embed.weight,
+                                          cell.weight_ih[:, :e].t())  # (V, 4H)
+            self.context_weight = cell.weight_ih[:, e:].contiguous()  # (4H, D)
+            self.vocab_size = decoder.out.out_features
+            self.sizes = (cell.weight_hh.size(0), decoder.att_hidden.out_features, decoder.gate.out_features)
+            self.hidden_weight = torch.cat([decoder.out.weight, cell.weight_hh, decoder.att_hidden.weight,
+                                            decoder.gate.weight])  # (V + 4H + A + D, H)
+            self.hidden_bias = torch.cat([decoder.out.bias, torch.zeros_like(cell.bias_hh),
+                                          decoder.att_hidden.bias, decoder.gate.bias])
+            self.score_weight = decoder.att_score.weight[0].clone()  # (A,)
+            self.score_bias = decoder.att_score.bias.clone()
+
+    def init_state(self, features: torch.Tensor) -> State:
+        """(h, c, feats, keys) as the decoder's, and what h is projected to (B, 4H + A + D)."""
+        h, c, feats, keys = self.decoder.init_state(features)
+        v = self.vocab_size
+        return h, c, feats, keys, _linear(h, self.hidden_weight[v:], self.hidden_bias[v:])
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, c, feats, keys, projected = state
+        recurrent, query, gate = projected.split(self.sizes, dim=1)
+        alpha = (torch.tanh(keys + query.unsqueeze(1)) @ self.score_weight + self.score_bias).softmax(dim=1)
+        context = torch.sigmoid(gate) * torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)
+        gates = self.word_gates[tokens] + recurrent + _linear(context, self.context_weight)
+        i, f, g, o = gates.chunk(4, dim=1)  # nn.LSTMCell's order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out = _linear(h, self.hidden_weight, self.hidden_bias)
+        return out[:, :self.vocab_size], (h, c, feats, keys, out[:, self.vocab_size:])
+
+    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
+        h, c, feats, keys, projected = state
+        return h.index_select(0, rows), c.index_select(0, rows), feats, keys, projected.index_select(0, rows)
 
 
 DECODERS = {"show_tell": ShowTellDecoder, "show_attend_tell": ShowAttendTellDecoder}

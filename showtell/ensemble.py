@@ -72,6 +72,9 @@ class EnsembleDecoder(nn.Module):
             alphas.append(alpha)
         return self._mean_logprob(logits), tuple(new), torch.stack(alphas).mean(dim=0)
 
+    def decoding_steps(self):
+        return self  # each member steps as it does in training (an ensemble is for scoring, not latency)
+
     def reorder_state(self, state: State, rows: torch.Tensor) -> State:
         return tuple(t for member, s in zip(self.members, self._split(state))
                      for t in member.reorder_state(s, rows))

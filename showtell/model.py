@@ -106,13 +106,14 @@ class CaptionModel(nn.Module):
         was_training = self.decoder.training
         self.decoder.eval()
         v = self.vocab
+        steps = self.decoder.decoding_steps()  # the fused inference steps where the decoder has them
         try:
             rows = [i for i, c in enumerate(constraints or ()) if c]
             if rows:
                 # Only the constrained images pay for the extra beams (2**c per image);
                 # the others are decoded apart (batched equals one by one).
                 out: list[list[Hypothesis]] = [[] for _ in range(features.size(0))]
-                found = constrained_beam_search(self.decoder, features[rows], opts, v.end_id, v.start_id,
+                found = constrained_beam_search(steps, features[rows], opts, v.end_id, v.start_id,
                                                 v.unk_id, [constraints[i] for i in rows])
                 for i, r in zip(rows, found):
                     out[i] = r.hypotheses
@@ -122,8 +123,8 @@ class CaptionModel(nn.Module):
                         out[i] = hyps
                 return out
             if opts.beam_size == 1:
-                return [[h] for h in greedy_decode(self.decoder, features, opts, v.end_id, v.start_id, v.unk_id)]
-            return beam_search(self.decoder, features, opts, v.end_id, v.start_id, v.unk_id)
+                return [[h] for h in greedy_decode(steps, features, opts, v.end_id, v.start_id, v.unk_id)]
+            return beam_search(steps, features, opts, v.end_id, v.start_id, v.unk_id)
         finally:
             self.decoder.train(was_training)
 

@@ -160,3 +160,65 @@ def test_beam_size_one_equals_greedy():
         for g, b in zip(greedy, beam):
             assert g.logprob == pytest.approx(b[0].logprob, abs=1e-4)
             assert g.finished == b[0].finished
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_fused_inference_steps_equal_the_attention_decoders_steps(onednn, monkeypatch):
+    from showtell import decoders
+
+    monkeypatch.setattr(decoders, "_ONEDNN_LINEAR", onednn and decoders._ONEDNN_LINEAR)
+    torch.manual_seed(0)
+    cfg = ModelConfig(decoder="show_attend_tell", embed_dim=32, hidden_dim=48, attention_dim=24)
+    dec = build_decoder(cfg, vocab_size=15, feature_dim=40).eval()
+    feats, caps = torch.randn(3, 49, 40), torch.randint(4, 15, (3, 9))
+    with torch.no_grad():
+        fused = dec.decoding_steps()
+        assert isinstance(fused, decoders.FusedAttendSteps)
+        plain_state, fused_state = dec.init_state(feats), fused.init_state(feats)
+        rows = torch.tensor([2, 2, 0])  # a reorder midway, as beam search does
+        for t in range(8):
+            plain, plain_state = dec.step(caps[:, t], plain_state)
+            out, fused_state = fused.step(caps[:, t], fused_state)
+            assert torch.allclose(out, plain, atol=1e-5)
+            if t == 3:
+                plain_state, fused_state = dec.reorder_state(plain_state, rows), fused.reorder_state(fused_state, rows)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain_state, fused_state[:4]))
+        # Beam search finds the same captions either way.
+        opts = DecodeOptions(beam_size=4, n_best=3, max_len=8)
+        by_plain, by_fused = beam_search(dec, feats, opts, 2, 1, 3), beam_search(fused, feats, opts, 2, 1, 3)
+        assert [[h.tokens for h in per] for per in by_plain] == [[h.tokens for h in per] for per in by_fused]
+
+
+def test_fused_steps_only_in_inference_and_remade_when_a_weight_changes():
+    from showtell.decoders import FusedAttendSteps
+
+    torch.manual_seed(0)
+    dec = build_decoder(ModelConfig(decoder="show_attend_tell", embed_dim=16, hidden_dim=16, attention_dim=8),
+                        vocab_size=15, feature_dim=10).eval()
+    feats = torch.randn(2, 6, 10)
+    assert dec.decoding_steps() is dec  # gradients on: SCST samples through the decoder itself
+    with torch.no_grad():
+        first = dec.decoding_steps()
+        assert isinstance(first, FusedAttendSteps) and dec.decoding_steps() is first  # made once
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert dec.decoding_steps() is dec  # reduced precision casts per operation
+        dec.train()
+        assert dec.decoding_steps() is dec  # dropout
+        dec.eval()
+        dec.out.bias[5] += 10.0  # an optimiser step or a load changes weights in place
+        second = dec.decoding_steps()
+        assert second is not first
+        tokens = torch.ones(2, dtype=torch.long)
+        fresh, _ = second.step(tokens, second.init_state(feats))
+        assert torch.allclose(fresh, dec.step(tokens, dec.init_state(feats))[0], atol=1e-5)
+        assert fresh.argmax(dim=1).tolist() == [5, 5]
+    # The generate() path uses them and gives the decoder's captions.
+    model = CaptionModel.build(ModelConfig(encoder="resnet18", decoder="show_attend_tell", embed_dim=16,
+                                           hidden_dim=16, attention_dim=8), Vocabulary(WORDS),
+                               encoder_weights=None).eval()
+    feats = torch.randn(3, 49, 512)
+    opts = DecodeOptions(beam_size=3, max_len=6)
+    with torch.no_grad():
+        plain = beam_search(model.decoder, feats, opts, model.vocab.end_id, model.vocab.start_id, model.vocab.unk_id)
+    assert [h[0].tokens for h in model.generate(feats, opts)] == [h[0].tokens for h in plain]
+    assert isinstance(model.decoder._fused[1], FusedAttendSteps)

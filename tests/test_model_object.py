@@ -42,7 +42,13 @@ def test_encode_forward_generate_use_one_chain(decoder):
         assert torch.allclose(alphas.sum(-1), torch.ones(2, 4), atol=1e-5)
     opts = DecodeOptions(beam_size=3, n_best=2, max_len=6)
     v = model.vocab
-    assert model.generate(feats, opts) == beam_search(model.decoder, feats, opts, v.end_id, v.start_id, v.unk_id)
+    with torch.no_grad():
+        steps = model.decoder.decoding_steps()  # the fused steps for show_attend_tell
+    found = model.generate(feats, opts)
+    assert found == beam_search(steps, feats, opts, v.end_id, v.start_id, v.unk_id)
+    plain = beam_search(model.decoder, feats, opts, v.end_id, v.start_id, v.unk_id)
+    assert [[h.tokens for h in per] for per in found] == [[h.tokens for h in per] for per in plain]
+    assert [h.score for per in found for h in per] == pytest.approx([h.score for per in plain for h in per], abs=1e-5)
     greedy = model.generate(feats, DecodeOptions(beam_size=1, max_len=6))
     assert [len(h) for h in greedy] == [1, 1]
 

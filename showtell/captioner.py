@@ -105,6 +105,9 @@ class Captioner:
         self.batch_size = batch_size
         self.defaults = DecodeOptions(beam_size=3, n_best=1, max_len=20, guidance_threshold=GUIDANCE_THRESHOLD)
         self.max_image_bytes = max_image_bytes  # the most bytes read of one image file
+        if self.precision == "float32":
+            with torch.no_grad():  # make the fused inference steps now, not on the first photo
+                self.model.decoder.decoding_steps()
 
     def options(self, guided: bool | None = None, **overrides) -> DecodeOptions:
         """Decoding options: the defaults with ``overrides`` applied (validated).

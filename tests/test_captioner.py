@@ -115,8 +115,12 @@ def test_default_precision_gives_evaluates_captions(flickr8k_root):
     from showtell.evaluation import caption_features
     from showtell.features import FeatureCache
 
+    from showtell.decoders import FusedAttendSteps
+
     cap = Captioner()
     assert cap.precision == "float32"
+    fused = cap.model.decoder._fused[1]
+    assert isinstance(fused, FusedAttendSteps)  # made at load: caption() and evaluate both decode through it
     items = read_flickr8k(flickr8k_root, "test")[:8]
     fs = FeatureCache().get("flickr8k", "test", items, cap.model.encoder, num_workers=0, progress=False)
     # caption() is guided by default: evaluate's cached rows with the same threshold (and its tags
@@ -126,6 +130,8 @@ def test_default_precision_gives_evaluates_captions(flickr8k_root):
     assert cap([it.path for it in items], beam_size=3) == [" ".join(c) for c in cached]
     plain = caption_features(cap.model, fs.for_decoder(cap.model.feature_kind), DecodeOptions(beam_size=3))
     assert cap([it.path for it in items], beam_size=3, guided=False) == [" ".join(c) for c in plain]
+    with torch.no_grad():
+        assert cap.model.decoder.decoding_steps() is fused  # captioning changed no weight: never remade
 
 
 def test_explain_returns_one_attention_map_per_word():

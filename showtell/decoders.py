@@ -18,8 +18,9 @@ Both share one interface, used by training, greedy decoding and beam search:
 - ``reorder_state(state, rows)``: the state of hypotheses ``rows``, for beam
   search, where a hypothesis only ever takes over another of the same image;
 - ``decoding_steps()``: what inference should step (the three methods above):
-  the decoder itself, or for Show-Attend-Tell in eval mode without gradients
-  :class:`FusedAttendSteps`, the same arithmetic in fewer, larger operations.
+  the decoder itself, or for Show-Attend-Tell on a CPU in eval mode without
+  gradients :class:`FusedAttendSteps`, the same arithmetic in fewer, larger
+  matrix products.
 ``feature_kind`` says which cached features a decoder reads: the pooled
 vector (B, C) or the spatial map (B, P, C).
 """
@@ -122,11 +123,14 @@ class ShowAttendTellDecoder(nn.Module):
         self._fused: tuple[tuple, FusedAttendSteps] | None = None  # inference's copy and the weights it was made of
 
     def decoding_steps(self):
-        """The steps inference runs: :class:`FusedAttendSteps` in eval mode
-        without gradients (remade whenever a weight changed), else the decoder
-        itself (training, SCST's sampling, and autocast's reduced precision,
-        whose per-operation casts the fused steps would bypass)."""
-        if self.training or torch.is_grad_enabled() or torch.is_autocast_enabled(self.out.weight.device.type):
+        """The steps inference runs: on a CPU, in eval mode without gradients,
+        :class:`FusedAttendSteps` (remade whenever a weight changed); else the
+        decoder itself: training, SCST's sampling, autocast's reduced precision
+        (whose per-operation casts the fused steps would bypass), and a GPU,
+        where beam search is bound by kernel launches, not by reading weights,
+        and the hand-written cell would launch more kernels than cuDNN's."""
+        device = self.out.weight.device.type
+        if self.training or torch.is_grad_enabled() or device != "cpu" or torch.is_autocast_enabled(device):
             return self
         key = tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in self.parameters())
         if self._fused is None or self._fused[0] != key:

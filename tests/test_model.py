@@ -1,3 +1,4 @@
+import copy
 import os
 import pickle
 
@@ -205,6 +206,7 @@ def test_fused_steps_only_in_inference_and_remade_when_a_weight_changes():
         dec.train()
         assert dec.decoding_steps() is dec  # dropout
         dec.eval()
+        assert copy.deepcopy(dec).to("meta").decoding_steps().__class__ is type(dec)  # CPUs only
         dec.out.bias[5] += 10.0  # an optimiser step or a load changes weights in place
         second = dec.decoding_steps()
         assert second is not first

@@ -20,6 +20,7 @@ from .datasets import ImageCaptions
 from .decoding import DecodeOptions
 from .features import split_features
 from .metrics import bleu_scores, coco_caption_scores
+from .significance import paired_bootstrap
 from .text import tokenize
 
 
@@ -67,13 +68,42 @@ def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, s
     and the number of images scored; optionally writes the captions as JSON,
     and returns the first ``examples`` as (image id, caption, first reference)
     under "examples"."""
+    items, captions = split_captions(model, dataset, items, cache, split, opts, device=device, progress=progress)
+    if captions_out:
+        write_captions(captions_out, items, captions)
+    refs = [[tokenize(c) for c in item.captions] for item in items]
+    scores: dict = coco_caption_scores(refs, [list(c) for c in captions])
+    if examples:
+        scores["examples"] = [(it.image_id, " ".join(c), it.captions[0]) for it, c in zip(items, captions)][:examples]
+    return scores
+
+
+def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
+                   device: str | torch.device = "cpu",
+                   progress: bool = True) -> tuple[Sequence[ImageCaptions], list[list[str]]]:
+    """The items whose features could be made (a photo that cannot be read
+    is left out, as in training) and the model's caption (words) of each."""
     fs = split_features(model.encoder, dataset, split, items, cache, device=device, progress=progress)
     captions = caption_features(model, fs.for_decoder(model.feature_kind), opts, device=device, progress=progress,
                                 pooled=fs.pooled)
-    if captions_out:
-        write_captions(captions_out, fs.items, captions)
-    refs = [[tokenize(c) for c in item.captions] for item in fs.items]
-    scores: dict = coco_caption_scores(refs, [list(c) for c in captions])
-    if examples:
-        scores["examples"] = [(it.image_id, " ".join(c), it.captions[0]) for it, c in zip(fs.items, captions)][:examples]
-    return scores
+    return fs.items, captions
+
+
+def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
+                  opts: DecodeOptions, device: str | torch.device = "cpu", progress: bool = True,
+                  resamples: int = 1000, seed: int = 0) -> dict:
+    """Two models' captions of the same photos, compared by the paired
+    bootstrap (:func:`showtell.significance.paired_bootstrap`): BLEU-4,
+    CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals."""
+    (items_a, a), (items_b, b) = (split_captions(m, dataset, items, cache, split, opts, device=device,
+                                                 progress=progress) for m in (model_a, model_b))
+    if [it.image_id for it in items_a] != [it.image_id for it in items_b]:
+        raise ValueError("the two models' encoders could read different photos of the split: "
+                         "a paired comparison needs the same photos")
+    refs = [[tokenize(c) for c in item.captions] for item in items_a]
+    scored = [coco_caption_scores(refs, [list(c) for c in caps], meteor=False, per_image=True) for caps in (a, b)]
+    metrics = paired_bootstrap(refs, {"captions": a, "per_image": scored[0]["per_image"]},
+                               {"captions": b, "per_image": scored[1]["per_image"]}, resamples=resamples, seed=seed)
+    return {"images": len(refs), "resamples": resamples, "metrics": metrics,
+            "distinct_captions": (scored[0]["distinct_captions"], scored[1]["distinct_captions"]),
+            "changed_captions": sum(x != y for x, y in zip(a, b))}

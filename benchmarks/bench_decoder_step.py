@@ -6,7 +6,12 @@
    a CPU), as medians;
 2. beam search (beam 3, unguided) of one photo at a time over --photos Flickr8k
    test photos, through the decoder's own steps and through decoding_steps():
-   medians, their ratio, and how many captions are identical.
+   medians, their ratio, and how many captions are identical;
+3. the floor those products set in float32: a fused step's two products at 3
+   rows (the stacked hidden-state matrices and the LSTM's context weights),
+   the megabytes of weights they read per word and the rate that implies,
+   and the products alone per photo (steps per photo x their time) against
+   the whole beam search.
 
     python benchmarks/bench_decoder_step.py [--checkpoint model.pt] [--photos 100]
 """
@@ -76,6 +81,35 @@ def main():
         same = sum(x == y for x, y in zip(a, b))
         print(f"beam 3, one photo at a time, {len(items)} test photos, medians: decoder's steps {slow:.1f} ms, "
               f"fused steps {fast:.1f} ms, {slow / fast:.2f}x faster; identical captions {same}/{len(items)}")
+
+        steps = []
+        counting = _CountSteps(fused)
+        for i in range(len(items)):
+            counting.calls = 0
+            beam_search(counting, feats[i:i + 1], opts, v.end_id, v.start_id, v.unk_id)
+            steps.append(counting.calls)
+        h3 = torch.randn(3, fused.hidden_weight.size(1))
+        c3 = torch.randn(3, fused.context_weight.size(1))
+        stacked = median_ms(lambda: _linear(h3, fused.hidden_weight, fused.hidden_bias))
+        context = median_ms(lambda: _linear(c3, fused.context_weight))
+        mb = (fused.hidden_weight.numel() + fused.context_weight.numel()) * 4 / 1e6
+        per_photo = statistics.median(steps) * (stacked + context)
+        print(f"float32 floor: a fused step's products at 3 rows {stacked:.3f} + {context:.3f} ms, reading "
+              f"{mb:.1f} MB of weights ({mb / (stacked + context):.1f} GB/s); median {statistics.median(steps):.0f} "
+              f"steps a photo -> products alone {per_photo:.1f} ms, {100 * per_photo / fast:.0f} % of the fused "
+              f"beam search")
+
+
+class _CountSteps:
+    """Decoding steps that count how often ``step`` runs."""
+
+    def __init__(self, steps):
+        self.steps, self.calls = steps, 0
+        self.init_state, self.reorder_state = steps.init_state, steps.reorder_state
+
+    def step(self, tokens, state):
+        self.calls += 1
+        return self.steps.step(tokens, state)
 
 
 if __name__ == "__main__":

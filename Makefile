@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test train bundled-model setup browser clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt requirements-encoders.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt requirements-encoders.txt requirements-onnx.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt -r requirements-eval.txt -r requirements-encoders.txt
+	$(PY) -m pip install -r requirements.txt -r requirements-dev.txt -r requirements-eval.txt -r requirements-encoders.txt \
+	    -r requirements-onnx.txt
 	$(PY) -m pip install "setuptools>=70.1"
 	$(PY) -m pip install -e . --no-deps --no-build-isolation
 	touch $(STAMP)

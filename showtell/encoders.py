@@ -41,6 +41,12 @@ class EncoderOutput(NamedTuple):
         """The features a decoder of this ``feature_kind`` reads: pooled or spatial."""
         return self.pooled if feature_kind == "pooled" else self.spatial
 
+    @staticmethod
+    def of_map(fmap: torch.Tensor) -> "EncoderOutput":
+        """The pooled and spatial features of a convolutional map (B, C, h, w)."""
+        h, w = fmap.shape[2:]
+        return EncoderOutput(fmap.mean(dim=(2, 3)), fmap.flatten(2).transpose(1, 2), (int(h), int(w)))
+
 
 class ImageEncoder(nn.Module):
     """A CNN body that returns the last convolutional feature map.
@@ -70,9 +76,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
         """(B, 3, H, W) -> pooled (B, C) and spatial (B, P, C) features."""
-        fmap = self.body(images)  # (B, C, h, w)
-        h, w = fmap.shape[2:]
-        return EncoderOutput(fmap.mean(dim=(2, 3)), fmap.flatten(2).transpose(1, 2), (int(h), int(w)))
+        return EncoderOutput.of_map(self.body(images))
 
     def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, 1000) from pooled features (B, C): the encoder's own tags."""

@@ -26,6 +26,7 @@ from .checkpoint import remove_stale_temporaries
 from .datasets import ImageCaptions
 from .encoders import ImageEncoder
 from .images import ImageError, load_image
+from .onnx_encoder import OnnxEncoder, inference_encoder
 
 CACHE_FORMAT = 1
 
@@ -195,12 +196,14 @@ def extraction_workers(on_gpu: bool) -> int:
     return max(1, min(32, cores - 1 if on_gpu else cores // 4))
 
 
-def extraction_batch(on_gpu: bool) -> int:
+def extraction_batch(on_gpu: bool, onnx: bool = False) -> int:
     """Photos per encoder call when building a cache. A GPU wants large
-    batches; a CPU is fastest with small ones, whose activations stay in its
-    caches (EfficientNet-Lite0 on 2 AMD EPYC cores, float32: ~26 photos/s at
-    64 a call, 40-48 at 4; ``python benchmarks/bench_features.py --batch-size N``)."""
-    return 64 if on_gpu else 4
+    batches; PyTorch on a CPU is fastest with small ones, whose activations stay
+    in its caches (EfficientNet-Lite0 on 2 AMD EPYC cores, float32: ~26 photos/s
+    at 64 a call, 40-48 at 4), ONNX Runtime with 16 (end to end on 1,500 Flickr8k
+    photos: 50 photos/s at 4, 62 at 16; ``python benchmarks/bench_features.py
+    --max-images 1500 --batch-size N [--runtime torch]``)."""
+    return 64 if on_gpu else 16 if onnx else 4
 
 
 def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Sequence[ImageCaptions],
@@ -238,12 +241,13 @@ class FeatureCache:
 
     def get(self, dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
             batch_size: int | None = None, num_workers: int | None = None, device: str = "cpu",
-            progress: bool = True) -> FeatureSet:
+            progress: bool = True, runtime: str = "auto") -> FeatureSet:
         """The features of ``items``: read from the cache when the key matches,
-        computed (and stored) otherwise (``batch_size``: see :func:`extraction_batch`)."""
+        computed (and stored) otherwise (``batch_size``: see :func:`extraction_batch`;
+        ``runtime``: what runs the encoder, see :func:`~showtell.onnx_encoder.inference_encoder`)."""
         folder = self.path(dataset, split, items, encoder)
         if not os.path.isfile(os.path.join(folder, "meta.json")):
-            self._build(folder, items, encoder, batch_size, num_workers, device, progress,
+            self._build(folder, items, encoder, batch_size, num_workers, device, progress, runtime,
                         desc=f"features {dataset}/{split}")
         feats = self._open(folder, items)
         warn_skipped(feats.skipped, len(items), f"{dataset}/{split}")
@@ -259,18 +263,18 @@ class FeatureCache:
         spatial = NpyRows(os.path.join(folder, "spatial.npy"))
         return FeatureSet(kept, pooled, spatial, [tuple(s) for s in meta["skipped"]])
 
-    def _build(self, folder, items, encoder, batch_size, num_workers, device, progress, desc):
+    def _build(self, folder, items, encoder, batch_size, num_workers, device, progress, runtime, desc):
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         remove_stale_temporaries(os.path.dirname(folder))  # builds of killed processes
         tmp = f"{folder}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        fast = encoder.for_inference().to(device)
+        fast = inference_encoder(encoder, device, runtime)
         on_gpu = torch.device(device).type == "cuda"
         if num_workers is None:
             num_workers = extraction_workers(on_gpu)
         if batch_size is None:
-            batch_size = extraction_batch(on_gpu)
+            batch_size = extraction_batch(on_gpu, onnx=isinstance(fast, OnnxEncoder))
         # Workers decode the next batches while this process runs the encoder on the current one.
         loader = DataLoader(ImageTensors(items, encoder.preprocessing), batch_size=batch_size,
                             num_workers=num_workers, collate_fn=collate_images, pin_memory=on_gpu,

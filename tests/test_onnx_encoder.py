@@ -1,0 +1,70 @@
+"""ONNX Runtime runs the encoder for the feature cache on a CPU: same features, or PyTorch's."""
+import numpy as np
+import pytest
+import torch
+
+from showtell import onnx_encoder
+from showtell.datasets import read_flickr8k
+from showtell.encoders import ImageEncoder, build_encoder
+from showtell.features import FeatureCache
+from showtell.images import load_image
+from showtell.onnx_encoder import OnnxEncoder, inference_encoder
+
+
+def _photos(flickr8k_root, enc, n):
+    items = read_flickr8k(flickr8k_root, "test")[:n]
+    return items, torch.stack([enc.preprocessing(load_image(it.path)) for it in items])
+
+
+@pytest.mark.parametrize("name, weights", [("efficientnet_lite0", "default"), ("resnet18", None)])
+def test_onnx_encoder_gives_the_encoders_features(flickr8k_root, name, weights):
+    enc = build_encoder(name, weights=weights)
+    _, x = _photos(flickr8k_root, enc, 3)
+    ort_enc = OnnxEncoder(enc)
+    with torch.inference_mode():
+        expected = enc(x)
+    for batch in (x, x[:1]):  # any batch size: the export's batch axis is dynamic
+        got = ort_enc(batch)
+        assert got.grid == expected.grid == (7, 7)
+        n = len(batch)
+        scale = expected.spatial.abs().max().item()
+        assert torch.allclose(got.spatial, expected.spatial[:n], atol=1e-5 * scale + 1e-5)
+        assert torch.allclose(got.pooled, expected.pooled[:n], atol=1e-5 * scale + 1e-5)
+
+
+def test_feature_cache_is_the_same_with_either_runtime(flickr8k_root, tmp_path):
+    enc = build_encoder("efficientnet_lite0")
+    items = read_flickr8k(flickr8k_root, "test")[:6]
+    by = {runtime: FeatureCache(str(tmp_path / runtime)).get("flickr8k", "test", items, enc, num_workers=0,
+                                                             progress=False, runtime=runtime)
+          for runtime in ("torch", "onnxruntime")}
+    assert np.allclose(by["onnxruntime"].pooled, by["torch"].pooled, atol=1e-4)
+    # float16 rows: at most one rounding step apart
+    assert np.allclose(np.asarray(by["onnxruntime"].spatial, np.float32), np.asarray(by["torch"].spatial, np.float32),
+                       rtol=2e-3, atol=1e-3)
+    # the key does not name the runtime: either build is the same cache entry
+    assert FeatureCache(str(tmp_path)).path("flickr8k", "test", items, enc).split("/")[-1] == \
+        FeatureCache(str(tmp_path / "torch")).path("flickr8k", "test", items, enc).split("/")[-1]
+
+
+def test_runtime_choice_and_its_errors(monkeypatch):
+    enc = build_encoder("resnet18", weights=None)
+    assert isinstance(inference_encoder(enc, "cpu", "auto"), OnnxEncoder)  # installed by make test
+    assert isinstance(inference_encoder(enc, "cpu", "torch"), ImageEncoder)
+    with pytest.raises(ValueError, match="on the CPU"):
+        inference_encoder(enc, "cuda", "onnxruntime")  # refused before anything touches CUDA
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        inference_encoder(enc, "cpu", "tensorrt")
+    # an export that fails: "auto" warns and falls back to PyTorch, "onnxruntime" raises
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with pytest.warns(UserWarning, match="computing features with PyTorch"):
+        assert isinstance(inference_encoder(enc, "cpu", "auto"), ImageEncoder)
+    with pytest.raises(RuntimeError, match="unsupported operator"):
+        inference_encoder(enc, "cpu", "onnxruntime")
+    # not installed: "auto" is PyTorch, "onnxruntime" names what to install
+    monkeypatch.setattr(onnx_encoder, "available", lambda: False)
+    assert isinstance(inference_encoder(enc, "cpu", "auto"), ImageEncoder)
+    with pytest.raises(RuntimeError, match="requirements-onnx.txt"):
+        inference_encoder(enc, "cpu", "onnxruntime")

@@ -273,8 +273,9 @@ class FeatureCache:
         on_gpu = torch.device(device).type == "cuda"
         if num_workers is None:
             num_workers = extraction_workers(on_gpu)
+        onnx = isinstance(fast, OnnxEncoder)
         if batch_size is None:
-            batch_size = extraction_batch(on_gpu, onnx=isinstance(fast, OnnxEncoder))
+            batch_size = extraction_batch(on_gpu, onnx)
         # Workers decode the next batches while this process runs the encoder on the current one.
         loader = DataLoader(ImageTensors(items, encoder.preprocessing), batch_size=batch_size,
                             num_workers=num_workers, collate_fn=collate_images, pin_memory=on_gpu,
@@ -289,7 +290,9 @@ class FeatureCache:
             for idx, images, bad in loader:
                 failed += [(items[i].image_id, err) for i, err in bad]
                 if len(idx):
-                    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    x = images.to(device, non_blocking=True)
+                    if not onnx:  # PyTorch's convolutions want channels-last; ONNX Runtime reads NCHW as it comes
+                        x = x.contiguous(memory_format=torch.channels_last)
                     out = fast(x)  # pooled (B, C), spatial (B, P, C)
                     b, c = out.pooled.shape
                     if pooled is None:

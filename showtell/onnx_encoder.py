@@ -35,12 +35,11 @@ def available() -> bool:
 class OnnxEncoder:
     """Callable like an inference encoder: images (B, 3, H, W) on the CPU -> :class:`EncoderOutput`."""
 
-    def __init__(self, encoder: ImageEncoder, threads: int | None = None):
+    def __init__(self, encoder: ImageEncoder):
         if not available():
             raise RuntimeError(f"the onnxruntime runtime needs ONNX Runtime: {INSTALL_HINT}")
         import onnxruntime as ort
 
-        self.name = encoder.name
         body = encoder.for_inference().body.to(memory_format=torch.contiguous_format)
         h, w = encoder.preprocessing.size
         buf = io.BytesIO()
@@ -51,7 +50,7 @@ class OnnxEncoder:
                               output_names=["feature_map"], opset_version=17, dynamo=False,
                               dynamic_axes={"images": {0: "batch"}, "feature_map": {0: "batch"}})
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])

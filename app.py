@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="caption requests served at once (env SHOWTELL_CONCURRENCY; default 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per request (env SHOWTELL_THREADS; default: CPU cores / concurrency)")
+    p.add_argument("--encoder-runtime", default=os.environ.get("SHOWTELL_ENCODER_RUNTIME", "auto"),
+                   choices=("auto", "torch", "onnxruntime"),
+                   help="what runs the encoder (env SHOWTELL_ENCODER_RUNTIME; default auto: ONNX Runtime "
+                        "on a CPU where installed, else PyTorch)")
     return p.parse_args(argv)
 
 
@@ -62,11 +66,11 @@ def main(argv=None) -> int:
     concurrency = args.concurrency or int(os.environ.get("SHOWTELL_CONCURRENCY") or DEFAULT_CONCURRENCY)
     threads = args.threads or int(os.environ.get("SHOWTELL_THREADS") or threads_per_request(concurrency))
     torch.set_num_threads(threads)  # process-wide: every request's worker thread uses this many
-    captioner = Captioner(args.checkpoint, device=args.device)  # loaded once, shared by all requests
+    captioner = Captioner(args.checkpoint, device=args.device, runtime=args.encoder_runtime)  # shared by all requests
     warm_up(captioner)
     print(f"showtell: model {captioner.checkpoint} on {captioner.device} ready in "
-          f"{time.perf_counter() - t0:.1f}s ({concurrency} requests at once, {threads} torch thread(s) each); "
-          f"serving on http://{args.host}:{args.port}/", flush=True)
+          f"{time.perf_counter() - t0:.1f}s ({concurrency} requests at once, {threads} thread(s) each, "
+          f"encoder in {captioner.runtime}); serving on http://{args.host}:{args.port}/", flush=True)
     cap_log_lines()  # no request, however large, writes more than one short line per line to the log
     launch(build_demo(captioner, concurrency=concurrency), host=args.host, port=args.port,
            max_file_size=args.max_file_size)

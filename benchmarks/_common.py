@@ -7,6 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DATA = os.environ.get("SHOWTELL_DATA", os.path.join(ROOT, "..", "shared", "data"))
 FLICKR8K = os.path.join(DATA, "flickr8k")
+COCO_MINI = os.path.join(DATA, "coco-mini")
 
 
 def machine() -> str:

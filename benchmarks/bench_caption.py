@@ -4,25 +4,34 @@
 2. per-image time over the 1,000 Flickr8k test photos: one batched call
    against one call per photo (the batched path should be >= 3x faster);
 3. single-photo latency of caption() at beam 3 (guided, the default, and
-   unguided) against two floors: the encoder's forward pass alone, and
+   unguided) against two floors, each with PyTorch's encoder (the reference a
+   plain PyTorch captioner has) and with the one caption() runs (ONNX Runtime
+   on a CPU where installed): the encoder's forward pass alone, and
    load + resize + forward (what any captioner must do), as medians.
 
+With ONNX Runtime running the encoder it also captions the photos, and the 80
+coco-mini photos (outside Flickr8k's world), with PyTorch's encoder and counts
+the captions that differ.
+
     python benchmarks/bench_caption.py [--checkpoint model.pt] [--photos 1000] [--precision float32|auto]
+                                       [--runtime auto|torch|onnxruntime]
 """
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
-from _common import FLICKR8K, ROOT, machine
+from _common import COCO_MINI, FLICKR8K, ROOT, machine
 
 from showtell.captioner import Captioner
 from showtell.decoding import autocast
 from showtell.evaluation import score_captions
 from showtell.datasets import read_flickr8k
 from showtell.metrics import CiderD
+from showtell.onnx_encoder import RUNTIMES
 from showtell.text import tokenize
 
 
@@ -33,6 +42,9 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-root", default=FLICKR8K)
     p.add_argument("--precision", default="float32", help="float32 (caption()'s default), auto, bfloat16")
+    p.add_argument("--repeats", type=int, default=30, help="single-photo latency: timed calls of each kind")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the encoder (caption()'s default: auto, ONNX Runtime on a CPU where installed)")
     args = p.parse_args()
     print(f"machine: {machine()}")
 
@@ -41,8 +53,9 @@ def main():
                    check=True, cwd=ROOT)
     print(f"fresh process, import + model load: {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
-    cap = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision)
-    print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s); precision {cap.precision}")
+    cap = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime=args.runtime)
+    print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s); precision {cap.precision}, "
+          f"encoder runtime {cap.runtime}")
     items = read_flickr8k(args.data_root, "test")[:args.photos]
     paths = [it.path for it in items]
     cap(paths[:4])  # warm-up
@@ -62,30 +75,45 @@ def main():
           f"(target >= 3x); identical captions {same}/{len(paths)}")
     print("BLEU-1..4 of these captions (the caption() path, this precision): "
           + " ".join(f"{bleu[f'bleu{n}']:.2f}" for n in range(1, 5)) + f", CIDEr-D {cider:.2f}")
+    reference = None
+    if cap.runtime != "torch":
+        reference = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime="torch")
+        differ = sum(a != b for a, b in zip(batched, reference(paths, beam_size=3)))
+        coco = [os.path.join(COCO_MINI, "train2017", name)
+                for name in sorted(os.listdir(os.path.join(COCO_MINI, "train2017")))]
+        coco_differ = sum(a != b for a, b in zip(cap(coco, beam_size=3), reference(coco, beam_size=3)))
+        print(f"captions that differ from those with PyTorch's encoder: {differ}/{len(paths)} Flickr8k test, "
+              f"{coco_differ}/{len(coco)} coco-mini")
 
     photo = paths[0]
-    lat, lat_plain, enc, floor = [], [], [], []
-    x = cap.pixels(photo).unsqueeze(0).contiguous(memory_format=torch.channels_last)
-    for _ in range(30):
+    times = {k: [] for k in ("guided", "plain", "enc", "floor", "enc_rt", "floor_rt", "torch_guided")}
+
+    def timed(key, fn):
         t = time.perf_counter()
-        cap(photo, beam_size=3)
-        lat.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        cap(photo, beam_size=3, guided=False)
-        lat_plain.append(time.perf_counter() - t)
+        fn()
+        times[key].append(time.perf_counter() - t)
+
+    def torch_forward(x):
         with torch.inference_mode(), autocast(cap.device, cap.precision):
-            t = time.perf_counter()
-            cap.encoder(x)
-            enc.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            cap.encoder(cap.pixels(photo).unsqueeze(0).contiguous(memory_format=torch.channels_last))
-            floor.append(time.perf_counter() - t)
-    m = {k: 1000 * statistics.median(v) for k, v in
-         (("guided", lat), ("plain", lat_plain), ("enc", enc), ("floor", floor))}
-    print(f"single photo, medians: caption() beam 3 {m['guided']:.1f} ms (unguided {m['plain']:.1f} ms); "
-          f"encoder forward alone {m['enc']:.1f} ms, load + resize + forward {m['floor']:.1f} ms; "
-          f"caption() / (load + resize + forward) = {m['guided'] / m['floor']:.2f}x "
-          f"(unguided {m['plain'] / m['floor']:.2f}x), caption() / forward = {m['guided'] / m['enc']:.2f}x")
+            cap.encoder(x.unsqueeze(0).contiguous(memory_format=torch.channels_last))
+
+    x = cap.pixels(photo)
+    for _ in range(args.repeats):
+        timed("guided", lambda: cap(photo, beam_size=3))
+        timed("plain", lambda: cap(photo, beam_size=3, guided=False))
+        timed("enc", lambda: torch_forward(x))
+        timed("floor", lambda: torch_forward(cap.pixels(photo)))
+        timed("enc_rt", lambda: cap.encode(x.unsqueeze(0)))
+        timed("floor_rt", lambda: cap.encode(cap.pixels(photo).unsqueeze(0)))
+        if reference is not None:  # interleaved, so both runtimes see the same machine load
+            timed("torch_guided", lambda: reference(photo, beam_size=3))
+    m = {k: 1000 * statistics.median(v) for k, v in times.items() if v}
+    print(f"single photo, medians: caption() beam 3 {m['guided']:.1f} ms (unguided {m['plain']:.1f} ms)"
+          + (f"; with PyTorch's encoder, timed in the same loop: {m['torch_guided']:.1f} ms" if reference else ""))
+    for name, enc, floor in (("PyTorch", "enc", "floor"), (f"caption()'s ({cap.runtime})", "enc_rt", "floor_rt")):
+        print(f"  against {name} encoder: forward alone {m[enc]:.1f} ms, load + resize + forward {m[floor]:.1f} ms; "
+              f"caption() / (load + resize + forward) = {m['guided'] / m[floor]:.2f}x "
+              f"(unguided {m['plain'] / m[floor]:.2f}x), caption() / forward = {m['guided'] / m[enc]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,11 @@ from .encoders import EncoderOutput
 from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .model import CaptionModel
+from . import onnx_encoder
+from .onnx_encoder import RUNTIMES, OnnxEncoder, inference_encoder
 
-ENCODER_CPU_BATCH = 8
+ENCODER_CPU_BATCH = 8  # photos per PyTorch encoder call on a CPU
+ONNX_CPU_BATCH = 16  # photos per ONNX Runtime call (as for the feature cache: features.extraction_batch)
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
 # Guided captioning's default: a caption must name an ImageNet tag whose summed
 # probability is at least this. Measured with benchmarks/bench_guidance.py
@@ -88,7 +91,7 @@ class Captioner:
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
-                 precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES):
+                 precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES, runtime: str = "auto"):
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
@@ -100,6 +103,7 @@ class Captioner:
         self.card["vocab_size"] = len(ckpt["vocab"])
         # Keep only the fast copy (batch norm folded): the original would be dead weight.
         self.encoder = self.model.encoder = self.model.encoder.for_inference().to(self.device)
+        self.runtime, self._onnx = self._encoder_runtime(runtime)
         self.vocab = self.model.vocab
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size
@@ -108,6 +112,23 @@ class Captioner:
         if self.precision == "float32":
             with torch.no_grad():  # make the fused inference steps now, not on the first photo
                 self.model.decoder.decoding_steps()
+
+    def _encoder_runtime(self, runtime: str) -> tuple[str, OnnxEncoder | None]:
+        """What runs the encoder: ONNX Runtime on a CPU in float32 when installed
+        (``"auto"``; the forward pass of EfficientNet-Lite0 takes about half
+        PyTorch's time there, and exporting it adds about 0.7 s to loading),
+        else PyTorch. A reduced ``precision`` is PyTorch's autocast, so it keeps
+        the encoder in PyTorch."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
+        if runtime == "onnxruntime" and self.precision != "float32":
+            raise ValueError(f"the onnxruntime runtime runs the encoder in float32, not {self.precision}; "
+                             "use runtime 'torch' or 'auto' with a reduced precision")
+        if runtime == "torch" or (runtime == "auto" and (self.precision != "float32" or self.device.type != "cpu"
+                                                         or not onnx_encoder.available())):
+            return "torch", None
+        fast = inference_encoder(self.encoder, self.device, runtime, spin=False)  # raises where forced and impossible
+        return ("onnxruntime", fast) if isinstance(fast, OnnxEncoder) else ("torch", None)
 
     def options(self, guided: bool | None = None, **overrides) -> DecodeOptions:
         """Decoding options: the defaults with ``overrides`` applied (validated).
@@ -161,12 +182,17 @@ class Captioner:
     def encode(self, pixels: torch.Tensor) -> EncoderOutput:
         """Encoder features of preprocessed images in ``self.precision``,
         returned as float32."""
-        x = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
-        # On a CPU the encoder runs fastest in small batches (they stay in cache:
-        # ~7 ms/photo at 1-8 photos against ~17 at 32); beam search gains from big ones.
-        step = ENCODER_CPU_BATCH if self.device.type == "cpu" else len(x)
+        x = pixels.to(self.device)
+        if self._onnx is not None:  # ONNX Runtime reads NCHW as it comes
+            step, run = ONNX_CPU_BATCH, self._onnx
+        else:
+            # On a CPU the encoder runs fastest in small batches (they stay in cache:
+            # ~7 ms/photo at 1-8 photos against ~17 at 32); beam search gains from big ones.
+            x = x.contiguous(memory_format=torch.channels_last)
+            step = ENCODER_CPU_BATCH if self.device.type == "cpu" else len(x)
+            run = self.model.encode_all
         with autocast(self.device, self.precision):
-            parts = [self.model.encode_all(x[i:i + step]) for i in range(0, len(x), step)]
+            parts = [run(x[i:i + step]) for i in range(0, len(x), step)]
         return EncoderOutput(torch.cat([p.pooled for p in parts]).float(),
                              torch.cat([p.spatial for p in parts]).float(), parts[0].grid)
 

@@ -599,6 +599,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_encoder_runtime(p: argparse.ArgumentParser) -> None:
+    # showtell.onnx_encoder.RUNTIMES, spelled out: --help must not import torch
+    p.add_argument("--encoder-runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="what runs the encoder: auto (ONNX Runtime on a CPU where installed: faster captions, "
+                        "about 0.5 s more to load), torch, onnxruntime")
+
+
 def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files and folders of images")
     p.add_argument("--recursive", "-r", action="store_true", help="also the images in folders within folders")
@@ -618,6 +625,7 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                           help="a caption must name an ImageNet tag at least this probable, 0 < P <= 1 "
                                "(default: showtell.captioner.GUIDANCE_THRESHOLD)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    _add_encoder_runtime(p)
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="also write where the model looked for each word: OUT_DIR/NAME_NN_WORD.png per word "
                         "and OUT_DIR/NAME_grid.png (needs a show_attend_tell model, as the bundled one is)")
@@ -722,7 +730,7 @@ def _caption(args: argparse.Namespace) -> int:
     from .captioner import Captioner
     from .images import ImageError
 
-    captioner = Captioner(args.checkpoint, device=device, batch_size=args.batch_size)
+    captioner = Captioner(args.checkpoint, device=device, batch_size=args.batch_size, runtime=args.encoder_runtime)
     if args.attention is not None and not captioner.model.decoder.has_attention:
         raise UsageError(f"--attention: this model's decoder ({captioner.model.cfg.decoder}) has no attention "
                          f"to show; it needs a show_attend_tell model (the bundled model is one)")

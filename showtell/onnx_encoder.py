@@ -1,4 +1,5 @@
-"""The encoder's forward pass in ONNX Runtime, for building the feature cache on a CPU.
+"""The encoder's forward pass in ONNX Runtime on a CPU: for the feature cache
+and for :class:`~showtell.captioner.Captioner` (caption(), the CLI, the web app).
 
 Eager PyTorch runs EfficientNet-Lite0's depthwise convolutions slowly on a
 CPU; ONNX Runtime fuses each convolution with its activation. On 2 AMD EPYC
@@ -6,12 +7,13 @@ cores (float32) the forward pass alone took 11-14 ms a photo against about 31,
 and the whole Flickr8k cache builds at 63.3 photos/s against PyTorch's 29.7
 (``python benchmarks/bench_features.py [--runtime torch]``). The network is the
 encoder's :meth:`for_inference` copy (batch norm folded), exported in memory
-when a cache build starts (nothing written to disk; its time is in the
-benchmark's), so the features are the encoder's own to float tolerance and
-the cache key does not depend on which runtime built them.
+when a cache build starts or a Captioner loads (nothing written to disk; about
+0.4 s for Lite0, in the benchmarks' times), so the features are the encoder's
+own to float tolerance and the cache key does not depend on which runtime
+built them.
 
-Optional: ``requirements-onnx.txt`` (onnx, onnxruntime). Without it the
-cache is built with PyTorch.
+Optional: ``requirements-onnx.txt`` (onnx, onnxruntime). Without it PyTorch
+runs the encoder.
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ def available() -> bool:
 
 
 class OnnxEncoder:
-    """Callable like an inference encoder: images (B, 3, H, W) on the CPU -> :class:`EncoderOutput`."""
+    """Callable like an inference encoder: images (B, 3, H, W) on the CPU -> :class:`EncoderOutput`.
+    ``spin=False`` for callers that run other work on the cores between calls."""
 
-    def __init__(self, encoder: ImageEncoder):
+    def __init__(self, encoder: ImageEncoder, spin: bool = True):
         if not available():
             raise RuntimeError(f"the onnxruntime runtime needs ONNX Runtime: {INSTALL_HINT}")
         import onnxruntime as ort
@@ -53,6 +56,11 @@ class OnnxEncoder:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX Runtime's idle threads spin for a while after each call: faster
+        # back-to-back calls (a cache build: 79-80 photos/s against 67-72 without,
+        # 1,500 photos), but between captions they take the cores from PyTorch's
+        # decoder (caption() took 116-118 ms against 62-72 without).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self._session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> EncoderOutput:
@@ -63,10 +71,12 @@ class OnnxEncoder:
         return EncoderOutput.of_map(torch.from_numpy(fmap))
 
 
-def inference_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu", runtime: str = "auto"):
+def inference_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu", runtime: str = "auto",
+                      spin: bool = True):
     """The fastest form of ``encoder`` for computing features on ``device``:
     ONNX Runtime on a CPU when installed (``runtime="auto"``, or forced with
-    ``"onnxruntime"``), else the encoder's :meth:`for_inference` copy (``"torch"``)."""
+    ``"onnxruntime"``; ``spin`` as for :class:`OnnxEncoder`), else the encoder's
+    :meth:`for_inference` copy (``"torch"``)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
     on_cpu = torch.device(device).type == "cpu"
@@ -75,7 +85,7 @@ def inference_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu",
                          "use runtime 'torch' or 'auto' there")
     if runtime == "onnxruntime" or (runtime == "auto" and on_cpu and available()):
         try:
-            return OnnxEncoder(encoder)
+            return OnnxEncoder(encoder, spin=spin)
         except Exception as e:  # an encoder the exporter cannot handle: PyTorch computes the same features
             if runtime == "onnxruntime":
                 raise

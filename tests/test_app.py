@@ -390,10 +390,15 @@ def test_concurrent_clients_are_all_served(server, client):
 
 def test_app_options_from_flags_and_environment(monkeypatch):
     import app
-    for name in ("SHOWTELL_HOST", "GRADIO_SERVER_NAME", "SHOWTELL_PORT", "GRADIO_SERVER_PORT", "SHOWTELL_CHECKPOINT"):
+    for name in ("SHOWTELL_HOST", "GRADIO_SERVER_NAME", "SHOWTELL_PORT", "GRADIO_SERVER_PORT", "SHOWTELL_CHECKPOINT",
+                 "SHOWTELL_ENCODER_RUNTIME"):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
     assert (args.host, args.port, args.checkpoint, args.max_file_size) == ("127.0.0.1", 7860, None, "10mb")
+    assert args.encoder_runtime == "auto"
+    monkeypatch.setenv("SHOWTELL_ENCODER_RUNTIME", "torch")
+    assert app.parse_args([]).encoder_runtime == "torch"
+    assert app.parse_args(["--encoder-runtime", "onnxruntime"]).encoder_runtime == "onnxruntime"
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7000")
     assert (app.parse_args([]).host, app.parse_args([]).port) == ("0.0.0.0", 7000)

@@ -68,3 +68,61 @@ def test_runtime_choice_and_its_errors(monkeypatch):
     assert isinstance(inference_encoder(enc, "cpu", "auto"), ImageEncoder)
     with pytest.raises(RuntimeError, match="requirements-onnx.txt"):
         inference_encoder(enc, "cpu", "onnxruntime")
+
+
+def test_captioner_runs_its_encoder_in_onnx_runtime_with_pytorchs_captions(flickr8k_root):
+    """caption()'s default on a CPU: ONNX Runtime runs the encoder (installed by
+    make test), the decoder stays in PyTorch; the features are PyTorch's to float
+    tolerance and the captions the same, guided and not."""
+    from showtell.captioner import Captioner
+
+    fast, plain = Captioner(), Captioner(runtime="torch")
+    assert (fast.runtime, plain.runtime) == ("onnxruntime", "torch")
+    assert isinstance(fast._onnx, OnnxEncoder) and plain._onnx is None
+    items = read_flickr8k(flickr8k_root, "test")[:20]  # more than one ONNX Runtime batch of 16
+    paths = [it.path for it in items]
+    x = torch.stack([fast.pixels(p) for p in paths])
+    a, b = fast.encode(x), plain.encode(x)
+    assert a.grid == b.grid and a.spatial.shape == b.spatial.shape == (20, 49, 1280)
+    scale = b.spatial.abs().max().item()
+    assert torch.allclose(a.spatial, b.spatial, atol=1e-5 * scale + 1e-5)
+    assert torch.allclose(a.pooled, b.pooled, atol=1e-5 * scale + 1e-5)
+    assert fast(paths) == plain(paths)
+    assert fast(paths[:5], guided=False) == plain(paths[:5], guided=False)
+    # the ImageNet tags read the same pooled row
+    tags = [c.describe(paths[0]).classes for c in (fast, plain)]
+    assert [t.class_index for t in tags[0]] == [t.class_index for t in tags[1]]
+    assert np.allclose([t.prob for t in tags[0]], [t.prob for t in tags[1]], atol=1e-5)
+    # Between captions the decoder has the cores: ONNX Runtime's idle threads must not spin.
+    options = fast._onnx._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_captioner_runtime_choice(monkeypatch):
+    from showtell.captioner import Captioner
+
+    # a reduced precision is PyTorch's autocast: "auto" keeps the encoder in PyTorch, "onnxruntime" is refused
+    assert Captioner(precision="bfloat16").runtime == "torch"
+    with pytest.raises(ValueError, match="float32, not bfloat16"):
+        Captioner(precision="bfloat16", runtime="onnxruntime")
+    with pytest.raises(ValueError, match="unknown runtime 'openvino'"):
+        Captioner(runtime="openvino")
+    monkeypatch.setattr(onnx_encoder, "available", lambda: False)
+    assert Captioner().runtime == "torch"  # not installed: PyTorch, silently
+    with pytest.raises(RuntimeError, match="requirements-onnx.txt"):
+        Captioner(runtime="onnxruntime")
+
+
+def test_command_lines_offer_every_runtime():
+    """The CLI and app.py spell the runtimes out (their --help must not import torch): the same list."""
+    import argparse
+
+    import app
+    from showtell.cli import _fill_caption_parser
+
+    (action,) = [a for a in _fill_caption_parser(argparse.ArgumentParser())._actions if a.dest == "encoder_runtime"]
+    assert tuple(action.choices) == onnx_encoder.RUNTIMES
+    for runtime in onnx_encoder.RUNTIMES:
+        assert app.parse_args(["--encoder-runtime", runtime]).encoder_runtime == runtime
+    with pytest.raises(SystemExit):
+        app.parse_args(["--encoder-runtime", "tensorrt"])

@@ -14,7 +14,7 @@ coco-mini photos (outside Flickr8k's world), with PyTorch's encoder and counts
 the captions that differ.
 
     python benchmarks/bench_caption.py [--checkpoint model.pt] [--photos 1000] [--precision float32|auto]
-                                       [--runtime auto|torch|onnxruntime]
+                                       [--runtime auto|torch|onnxruntime] [--mirror-average] [--repeats 30]
 """
 import argparse
 import os
@@ -42,6 +42,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--data-root", default=FLICKR8K)
     p.add_argument("--precision", default="float32", help="float32 (caption()'s default), auto, bfloat16")
+    p.add_argument("--mirror-average", action="store_true",
+                   help="caption from features averaged with the mirror image's (twice the encoder's work)")
     p.add_argument("--repeats", type=int, default=30, help="single-photo latency: timed calls of each kind")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs the encoder (caption()'s default: auto, ONNX Runtime on a CPU where installed)")
@@ -53,9 +55,10 @@ def main():
                    check=True, cwd=ROOT)
     print(f"fresh process, import + model load: {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
-    cap = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime=args.runtime)
+    cap = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime=args.runtime,
+                    mirror_average=args.mirror_average)
     print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s); precision {cap.precision}, "
-          f"encoder runtime {cap.runtime}")
+          f"encoder runtime {cap.runtime}" + (", mirror-averaged features" if cap.mirror_average else ""))
     items = read_flickr8k(args.data_root, "test")[:args.photos]
     paths = [it.path for it in items]
     cap(paths[:4])  # warm-up
@@ -77,7 +80,8 @@ def main():
           + " ".join(f"{bleu[f'bleu{n}']:.2f}" for n in range(1, 5)) + f", CIDEr-D {cider:.2f}")
     reference = None
     if cap.runtime != "torch":
-        reference = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime="torch")
+        reference = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime="torch",
+                              mirror_average=args.mirror_average)
         differ = sum(a != b for a, b in zip(batched, reference(paths, beam_size=3)))
         coco = [os.path.join(COCO_MINI, "train2017", name)
                 for name in sorted(os.listdir(os.path.join(COCO_MINI, "train2017")))]
@@ -110,7 +114,8 @@ def main():
     m = {k: 1000 * statistics.median(v) for k, v in times.items() if v}
     print(f"single photo, medians: caption() beam 3 {m['guided']:.1f} ms (unguided {m['plain']:.1f} ms)"
           + (f"; with PyTorch's encoder, timed in the same loop: {m['torch_guided']:.1f} ms" if reference else ""))
-    for name, enc, floor in (("PyTorch", "enc", "floor"), (f"caption()'s ({cap.runtime})", "enc_rt", "floor_rt")):
+    own = f"caption()'s ({cap.runtime}{', both passes of mirror averaging' if cap.mirror_average else ''})"
+    for name, enc, floor in (("PyTorch", "enc", "floor"), (own, "enc_rt", "floor_rt")):
         print(f"  against {name} encoder: forward alone {m[enc]:.1f} ms, load + resize + forward {m[floor]:.1f} ms; "
               f"caption() / (load + resize + forward) = {m['guided'] / m[floor]:.2f}x "
               f"(unguided {m['plain'] / m[floor]:.2f}x), caption() / forward = {m['guided'] / m[enc]:.2f}x")

@@ -11,18 +11,19 @@ import copy
 import os
 import threading
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from . import onnx_encoder
 from .checkpoint import load_checkpoint
 from .decoding import DecodeOptions, autocast, resolve_precision
-from .encoders import EncoderOutput
+from .encoders import EncoderOutput, mirror_averaged
 from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .model import CaptionModel
-from . import onnx_encoder
 from .onnx_encoder import RUNTIMES, OnnxEncoder, inference_encoder
 
 ENCODER_CPU_BATCH = 8  # photos per PyTorch encoder call on a CPU
@@ -91,7 +92,8 @@ class Captioner:
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
-                 precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES, runtime: str = "auto"):
+                 precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES, runtime: str = "auto",
+                 mirror_average: bool = False):
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
@@ -104,6 +106,8 @@ class Captioner:
         # Keep only the fast copy (batch norm folded): the original would be dead weight.
         self.encoder = self.model.encoder = self.model.encoder.for_inference().to(self.device)
         self.runtime, self._onnx = self._encoder_runtime(runtime)
+        # Each photo's features averaged with its mirror image's (encoders.mirror_averaged).
+        self.mirror_average = mirror_average
         self.vocab = self.model.vocab
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size
@@ -191,6 +195,8 @@ class Captioner:
             x = x.contiguous(memory_format=torch.channels_last)
             step = ENCODER_CPU_BATCH if self.device.type == "cpu" else len(x)
             run = self.model.encode_all
+        if self.mirror_average:
+            run = partial(mirror_averaged, run)
         with autocast(self.device, self.precision):
             parts = [run(x[i:i + step]) for i in range(0, len(x), step)]
         return EncoderOutput(torch.cat([p.pooled for p in parts]).float(),

@@ -419,6 +419,9 @@ def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
                    help="caption with these models too, each word from the mean of their distributions "
                         "(same vocabulary and encoder as CHECKPOINT)")
+    p.add_argument("--mirror-average", action="store_true",
+                   help="caption from each photo's features averaged with its mirror image's "
+                        "(test-time augmentation: twice the encoder's work; caption --mirror-average does the same)")
     return p
 
 
@@ -470,9 +473,9 @@ def _scoring_items(args: argparse.Namespace, ckpt: dict):
 def _evaluate(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     opts = _scoring_options(args)
-    if args.store and (args.ensemble or args.length_penalty is not None):
+    if args.store and (args.ensemble or args.length_penalty is not None or args.mirror_average):
         raise UsageError("--store records the checkpoint's own scores at the default decoding: "
-                         "leave out --ensemble and --length-penalty")
+                         "leave out --ensemble, --length-penalty and --mirror-average")
     for path in args.ensemble:
         check_checkpoint_file(path)
     if args.output:
@@ -496,7 +499,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # The same decoding options caption() uses by default, so the figures are what users get.
     scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                             device=device, progress=not args.no_progress, captions_out=args.output,
-                            examples=args.show)
+                            examples=args.show, mirror_average=args.mirror_average)
     if args.store:
         ckpt[f"{args.split}_scores"] = {"beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
                                         "length_penalty": opts.length_penalty,
@@ -507,6 +510,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
                       "guidance_threshold": args.guidance_threshold,
                       **({"ensemble": args.ensemble} if args.ensemble else {}),
+                      **({"mirror_average": True} if args.mirror_average else {}),
                       "length_penalty": opts.length_penalty,
                       **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}))
     return 0
@@ -533,6 +537,9 @@ def _fill_compare_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _add_scoring_flags(p)
     p.add_argument("--resamples", type=_positive, default=1000, help="bootstrap draws (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--mirror-average", choices=("a", "b", "both"), default=None,
+                   help="caption A's, B's or both models' photos from features averaged with the mirror image's "
+                        "(compare a model with itself: showtell compare M M --mirror-average b)")
     return p
 
 
@@ -563,8 +570,10 @@ def _compare(args: argparse.Namespace) -> int:
     data_cfg, items = _scoring_items(args, ckpt)
     models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(args.other, device=device)]
     result = compare_split(*models, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
-                           device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed)
-    print(f"A = {args.checkpoint}\nB = {args.other}\n{data_cfg.dataset} {args.split}: {result['images']} photos, "
+                           device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed,
+                           mirror_average=(args.mirror_average in ("a", "both"), args.mirror_average in ("b", "both")))
+    mirrored = {"a": " (A mirror-averaged)", "b": " (B mirror-averaged)", "both": " (both mirror-averaged)"}
+    print(f"A = {args.checkpoint}\nB = {args.other}{mirrored.get(args.mirror_average, '')}\n{data_cfg.dataset} {args.split}: {result['images']} photos, "
           f"{result['changed_captions']} captions differ; {args.resamples} paired bootstrap draws, 95 % intervals")
     print(f"{'metric':8s} {'A':>22s} {'B':>22s} {'B - A':>24s} {'draws B not ahead':>18s}")
     for name, m in result["metrics"].items():
@@ -575,7 +584,8 @@ def _compare(args: argparse.Namespace) -> int:
               f"{m['difference']:+6.2f} [{d_lo:+6.2f}, {d_hi:+6.2f}] {100 * m['b_not_ahead']:17.1f}%")
     print(json.dumps({"a": args.checkpoint, "b": args.other, "dataset": data_cfg.dataset, "split": args.split,
                       "beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
-                      "length_penalty": opts.length_penalty, "seed": args.seed, **result}))
+                      "length_penalty": opts.length_penalty, "seed": args.seed,
+                      **({"mirror_average": args.mirror_average} if args.mirror_average else {}), **result}))
     return 0
 
 
@@ -626,6 +636,9 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                "(default: showtell.captioner.GUIDANCE_THRESHOLD)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     _add_encoder_runtime(p)
+    p.add_argument("--mirror-average", action="store_true",
+                   help="caption from each photo's features averaged with its mirror image's "
+                        "(test-time augmentation: twice the encoder's work)")
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="also write where the model looked for each word: OUT_DIR/NAME_NN_WORD.png per word "
                         "and OUT_DIR/NAME_grid.png (needs a show_attend_tell model, as the bundled one is)")
@@ -730,7 +743,8 @@ def _caption(args: argparse.Namespace) -> int:
     from .captioner import Captioner
     from .images import ImageError
 
-    captioner = Captioner(args.checkpoint, device=device, batch_size=args.batch_size, runtime=args.encoder_runtime)
+    captioner = Captioner(args.checkpoint, device=device, batch_size=args.batch_size, runtime=args.encoder_runtime,
+                          mirror_average=args.mirror_average)
     if args.attention is not None and not captioner.model.decoder.has_attention:
         raise UsageError(f"--attention: this model's decoder ({captioner.model.cfg.decoder}) has no attention "
                          f"to show; it needs a show_attend_tell model (the bundled model is one)")

@@ -47,6 +47,22 @@ class EncoderOutput(NamedTuple):
         h, w = fmap.shape[2:]
         return EncoderOutput(fmap.mean(dim=(2, 3)), fmap.flatten(2).transpose(1, 2), (int(h), int(w)))
 
+    def averaged_with_mirror(self, mirrored: "EncoderOutput") -> "EncoderOutput":
+        """The mean of these features and ``mirrored``, the same encoder's for
+        the images flipped left to right, whose map is flipped back first so
+        that each position averages the same place of the photo."""
+        h, w = self.grid
+        back = mirrored.spatial.reshape(-1, h, w, mirrored.spatial.size(-1)).flip(2).reshape(mirrored.spatial.shape)
+        return EncoderOutput((self.pooled + mirrored.pooled) / 2, (self.spatial + back) / 2, self.grid)
+
+
+def mirror_averaged(encode: Callable[[torch.Tensor], EncoderOutput], images: torch.Tensor) -> EncoderOutput:
+    """``encode(images)`` averaged with the features of the mirrored images
+    (test-time augmentation; twice the encoder's work). On the bundled model it
+    raised every metric on Flickr8k test and on coco-mini, within chance
+    (``showtell compare M M --mirror-average b``; README, *Mirror averaging*)."""
+    return encode(images).averaged_with_mirror(encode(images.flip(-1)))
+
 
 class ImageEncoder(nn.Module):
     """A CNN body that returns the last convolutional feature map.

@@ -62,13 +62,14 @@ def write_captions(path: str, items: Sequence[ImageCaptions], captions: Sequence
 
 def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   captions_out: str | None = None, examples: int = 0) -> dict:
+                   captions_out: str | None = None, examples: int = 0, mirror_average: bool = False) -> dict:
     """The field's caption metrics of the model's captions for ``items``
     (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D: :func:`showtell.metrics.coco_caption_scores`)
     and the number of images scored; optionally writes the captions as JSON,
     and returns the first ``examples`` as (image id, caption, first reference)
     under "examples"."""
-    items, captions = split_captions(model, dataset, items, cache, split, opts, device=device, progress=progress)
+    items, captions = split_captions(model, dataset, items, cache, split, opts, device=device, progress=progress,
+                                     mirror_average=mirror_average)
     if captions_out:
         write_captions(captions_out, items, captions)
     refs = [[tokenize(c) for c in item.captions] for item in items]
@@ -79,11 +80,13 @@ def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 
 
 def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
-                   device: str | torch.device = "cpu",
-                   progress: bool = True) -> tuple[Sequence[ImageCaptions], list[list[str]]]:
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   mirror_average: bool = False) -> tuple[Sequence[ImageCaptions], list[list[str]]]:
     """The items whose features could be made (a photo that cannot be read
-    is left out, as in training) and the model's caption (words) of each."""
-    fs = split_features(model.encoder, dataset, split, items, cache, device=device, progress=progress)
+    is left out, as in training) and the model's caption (words) of each;
+    ``mirror_average``: from features averaged with the mirror image's."""
+    fs = split_features(model.encoder, dataset, split, items, cache, device=device, progress=progress,
+                        mirror_average=mirror_average)
     captions = caption_features(model, fs.for_decoder(model.feature_kind), opts, device=device, progress=progress,
                                 pooled=fs.pooled)
     return fs.items, captions
@@ -91,16 +94,25 @@ def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 
 def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
                   opts: DecodeOptions, device: str | torch.device = "cpu", progress: bool = True,
-                  resamples: int = 1000, seed: int = 0) -> dict:
+                  resamples: int = 1000, seed: int = 0, mirror_average: tuple[bool, bool] = (False, False)) -> dict:
     """Two models' captions of the same photos, compared by the paired
     bootstrap (:func:`showtell.significance.paired_bootstrap`): BLEU-4,
-    CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals."""
+    CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals.
+    ``mirror_average``: whether A's and B's features are averaged with the
+    mirror image's (A and B may then be the same model)."""
     (items_a, a), (items_b, b) = (split_captions(m, dataset, items, cache, split, opts, device=device,
-                                                 progress=progress) for m in (model_a, model_b))
+                                                 progress=progress, mirror_average=mirror)
+                                  for m, mirror in zip((model_a, model_b), mirror_average))
     if [it.image_id for it in items_a] != [it.image_id for it in items_b]:
         raise ValueError("the two models' encoders could read different photos of the split: "
                          "a paired comparison needs the same photos")
-    refs = [[tokenize(c) for c in item.captions] for item in items_a]
+    return compare_captions(items_a, a, b, resamples=resamples, seed=seed)
+
+
+def compare_captions(items: Sequence[ImageCaptions], a: Sequence[Sequence[str]], b: Sequence[Sequence[str]],
+                     resamples: int = 1000, seed: int = 0) -> dict:
+    """Two sets of captions (words) of the same photos, compared by the paired bootstrap."""
+    refs = [[tokenize(c) for c in item.captions] for item in items]
     scored = [coco_caption_scores(refs, [list(c) for c in caps], meteor=False, per_image=True) for caps in (a, b)]
     metrics = paired_bootstrap(refs, {"captions": a, "per_image": scored[0]["per_image"]},
                                {"captions": b, "per_image": scored[1]["per_image"]}, resamples=resamples, seed=seed)

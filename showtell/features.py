@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import remove_stale_temporaries
 from .datasets import ImageCaptions
-from .encoders import ImageEncoder
+from .encoders import ImageEncoder, mirror_averaged
 from .images import ImageError, load_image
 from .onnx_encoder import OnnxEncoder, inference_encoder
 
@@ -207,23 +207,28 @@ def extraction_batch(on_gpu: bool, onnx: bool = False) -> int:
 
 
 def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Sequence[ImageCaptions],
-                   cache: "FeatureCache", device: str | torch.device = "cpu", progress: bool = True) -> FeatureSet:
+                   cache: "FeatureCache", device: str | torch.device = "cpu", progress: bool = True,
+                   mirror_average: bool = False) -> FeatureSet:
     """The features of a split's readable images: from the cache for a frozen
     encoder; computed afresh (in a throwaway cache) for one being fine-tuned,
-    whose features change every epoch."""
+    whose features change every epoch. ``mirror_average``: see :meth:`FeatureCache.get`."""
     if encoder.trainable():
         with tempfile.TemporaryDirectory() as tmp:
-            fs = FeatureCache(tmp).get(dataset, split, items, encoder, device=device, progress=progress)
+            fs = FeatureCache(tmp).get(dataset, split, items, encoder, device=device, progress=progress,
+                                       mirror_average=mirror_average)
             # Copied out of the memory map: the folder is gone when this returns.
             return FeatureSet(fs.items, np.array(fs.pooled), np.array(fs.spatial), fs.skipped)
-    return cache.get(dataset, split, items, encoder, device=device, progress=progress)
+    return cache.get(dataset, split, items, encoder, device=device, progress=progress, mirror_average=mirror_average)
 
 
-def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder) -> str:
+def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
+              mirror_average: bool = False) -> str:
     h = hashlib.sha256()
+    # mirror_average is named only when set, so plain features keep the keys they always had.
     h.update(json.dumps({"format": CACHE_FORMAT, "dataset": dataset, "split": split,
                          "encoder": encoder.name, "weights": encoder.weights_id,
-                         "preprocessing": encoder.preprocessing.key()}).encode())
+                         "preprocessing": encoder.preprocessing.key(),
+                         **({"mirror_average": True} if mirror_average else {})}).encode())
     for item in items:
         h.update(f"{item.image_id}\t{os.path.abspath(item.path)}\n".encode())  # however the root was spelled
     return h.hexdigest()[:16]
@@ -235,20 +240,25 @@ class FeatureCache:
     def __init__(self, root: str | None = None):
         self.root = root or default_cache_dir()
 
-    def path(self, dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder) -> str:
-        name = f"{dataset}-{split}-{encoder.name}-{cache_key(dataset, split, items, encoder)}"
+    def path(self, dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
+             mirror_average: bool = False) -> str:
+        name = (f"{dataset}-{split}-{encoder.name}{'-mirror' if mirror_average else ''}-"
+                f"{cache_key(dataset, split, items, encoder, mirror_average)}")
         return os.path.join(self.root, "features", name)
 
     def get(self, dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
             batch_size: int | None = None, num_workers: int | None = None, device: str = "cpu",
-            progress: bool = True, runtime: str = "auto") -> FeatureSet:
+            progress: bool = True, runtime: str = "auto", mirror_average: bool = False) -> FeatureSet:
         """The features of ``items``: read from the cache when the key matches,
         computed (and stored) otherwise (``batch_size``: see :func:`extraction_batch`;
-        ``runtime``: what runs the encoder, see :func:`~showtell.onnx_encoder.inference_encoder`)."""
-        folder = self.path(dataset, split, items, encoder)
+        ``runtime``: what runs the encoder, see :func:`~showtell.onnx_encoder.inference_encoder`;
+        ``mirror_average``: each photo's features averaged with its mirror image's,
+        :func:`~showtell.encoders.mirror_averaged`, cached apart from the plain ones)."""
+        folder = self.path(dataset, split, items, encoder, mirror_average)
         if not os.path.isfile(os.path.join(folder, "meta.json")):
             self._build(folder, items, encoder, batch_size, num_workers, device, progress, runtime,
-                        desc=f"features {dataset}/{split}")
+                        desc=f"features {dataset}/{split}{' (mirror-averaged)' if mirror_average else ''}",
+                        mirror_average=mirror_average)
         feats = self._open(folder, items)
         warn_skipped(feats.skipped, len(items), f"{dataset}/{split}")
         return feats
@@ -263,7 +273,8 @@ class FeatureCache:
         spatial = NpyRows(os.path.join(folder, "spatial.npy"))
         return FeatureSet(kept, pooled, spatial, [tuple(s) for s in meta["skipped"]])
 
-    def _build(self, folder, items, encoder, batch_size, num_workers, device, progress, runtime, desc):
+    def _build(self, folder, items, encoder, batch_size, num_workers, device, progress, runtime, desc,
+               mirror_average=False):
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         remove_stale_temporaries(os.path.dirname(folder))  # builds of killed processes
         tmp = f"{folder}.tmp-{os.getpid()}"
@@ -293,7 +304,7 @@ class FeatureCache:
                     x = images.to(device, non_blocking=True)
                     if not onnx:  # PyTorch's convolutions want channels-last; ONNX Runtime reads NCHW as it comes
                         x = x.contiguous(memory_format=torch.channels_last)
-                    out = fast(x)  # pooled (B, C), spatial (B, P, C)
+                    out = mirror_averaged(fast, x) if mirror_average else fast(x)  # pooled (B, C), spatial (B, P, C)
                     b, c = out.pooled.shape
                     if pooled is None:
                         pooled = np.lib.format.open_memmap(os.path.join(tmp, "pooled.npy"), "w+",
@@ -321,6 +332,6 @@ class FeatureCache:
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump({"format": CACHE_FORMAT, "image_ids": ok_ids, "skipped": failed,
                        "encoder": encoder.name, "weights": encoder.weights_id,
-                       "preprocessing": encoder.preprocessing.key()}, f)
+                       "preprocessing": encoder.preprocessing.key(), "mirror_average": mirror_average}, f)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)

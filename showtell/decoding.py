@@ -9,6 +9,7 @@ search with ``beam_size=1`` is exactly greedy decoding.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -277,7 +278,37 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str):
-    """Mixed precision for inference (weights stay float32); a no-op for float32."""
+    """Mixed precision for inference (weights stay float32); for float32,
+    :func:`exact_float32` (a no-op off CUDA)."""
     if precision == "float32":
-        return contextlib.nullcontext()
+        return exact_float32(device)
     return torch.autocast(device.type, dtype=getattr(torch, precision))
+
+
+_tf32_lock = threading.Lock()
+_tf32_users = 0
+_tf32_before = True
+
+
+@contextlib.contextmanager
+def exact_float32(device: str | torch.device):
+    """float32 that is float32 on CUDA too: PyTorch lets cuDNN round float32
+    convolutions to TF32 by default, which changed 1 of 100 captions against the
+    CPU's on an H200 (none without; ``benchmarks/gpu_check.sh``). Thread-safe:
+    TF32 comes back when the last concurrent user leaves. A no-op off CUDA."""
+    global _tf32_users, _tf32_before
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    with _tf32_lock:
+        if _tf32_users == 0:
+            _tf32_before = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False
+        _tf32_users += 1
+    try:
+        yield
+    finally:
+        with _tf32_lock:
+            _tf32_users -= 1
+            if _tf32_users == 0:
+                torch.backends.cudnn.allow_tf32 = _tf32_before

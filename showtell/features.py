@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import remove_stale_temporaries
 from .datasets import ImageCaptions
+from .decoding import exact_float32
 from .encoders import ImageEncoder, mirror_averaged
 from .images import ImageError, load_image
 from .onnx_encoder import OnnxEncoder, inference_encoder
@@ -297,7 +298,9 @@ class FeatureCache:
         row_of = np.full(n, -1, dtype=np.int64)  # item index -> row among readable images
         failed: list[tuple[str, str]] = []
         rows = 0
-        with torch.inference_mode(), tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
+        # exact_float32: the features caption() computes from the same photo (no TF32 on CUDA)
+        with torch.inference_mode(), exact_float32(device), \
+                tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
             for idx, images, bad in loader:
                 failed += [(items[i].image_id, err) for i, err in bad]
                 if len(idx):

@@ -126,3 +126,42 @@ def test_options_are_validated():
         DecodeOptions(beam_size=0)
     with pytest.raises(ValueError, match="min_len"):
         DecodeOptions(min_len=30, max_len=20)
+
+
+def test_float32_on_cuda_means_no_tf32_convolutions(monkeypatch):
+    """On an H200 cuDNN's default TF32 changed 1 of 100 captions against the
+    CPU's, none without it: float32 inference turns it off, and back on when the
+    last of concurrent users (web requests) leaves. Needs no GPU: it only sets flags."""
+    import threading
+
+    from showtell.decoding import autocast, exact_float32
+
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "allow_tf32", True)
+    with exact_float32("cpu"):
+        assert cudnn.allow_tf32  # nothing to do off CUDA
+    with autocast(torch.device("cuda"), "float32"):
+        assert not cudnn.allow_tf32
+    assert cudnn.allow_tf32
+    # two overlapping users (threads): TF32 stays off until both have left
+    inside, leave = threading.Event(), threading.Event()
+
+    def other():
+        with exact_float32("cuda"):
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    inside.wait(10)
+    with exact_float32("cuda"):
+        assert not cudnn.allow_tf32
+    assert not cudnn.allow_tf32  # the other thread is still inside
+    leave.set()
+    t.join(10)
+    assert cudnn.allow_tf32
+    # a process that had turned TF32 off keeps it off
+    cudnn.allow_tf32 = False
+    with exact_float32("cuda"):
+        pass
+    assert not cudnn.allow_tf32

@@ -120,7 +120,7 @@ class Captioner:
     def _encoder_runtime(self, runtime: str) -> tuple[str, OnnxEncoder | None]:
         """What runs the encoder: ONNX Runtime on a CPU in float32 when installed
         (``"auto"``; the forward pass of EfficientNet-Lite0 takes about half
-        PyTorch's time there, and exporting it adds about 0.7 s to loading),
+        PyTorch's time there, and exporting it adds about 0.5 s to loading),
         else PyTorch. A reduced ``precision`` is PyTorch's autocast, so it keeps
         the encoder in PyTorch."""
         if runtime not in RUNTIMES:

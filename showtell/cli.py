@@ -573,7 +573,8 @@ def _compare(args: argparse.Namespace) -> int:
                            device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed,
                            mirror_average=(args.mirror_average in ("a", "both"), args.mirror_average in ("b", "both")))
     mirrored = {"a": " (A mirror-averaged)", "b": " (B mirror-averaged)", "both": " (both mirror-averaged)"}
-    print(f"A = {args.checkpoint}\nB = {args.other}{mirrored.get(args.mirror_average, '')}\n{data_cfg.dataset} {args.split}: {result['images']} photos, "
+    print(f"A = {args.checkpoint}\nB = {args.other}{mirrored.get(args.mirror_average, '')}\n"
+          f"{data_cfg.dataset} {args.split}: {result['images']} photos, "
           f"{result['changed_captions']} captions differ; {args.resamples} paired bootstrap draws, 95 % intervals")
     print(f"{'metric':8s} {'A':>22s} {'B':>22s} {'B - A':>24s} {'draws B not ahead':>18s}")
     for name, m in result["metrics"].items():

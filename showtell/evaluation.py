@@ -106,13 +106,7 @@ def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions]
     if [it.image_id for it in items_a] != [it.image_id for it in items_b]:
         raise ValueError("the two models' encoders could read different photos of the split: "
                          "a paired comparison needs the same photos")
-    return compare_captions(items_a, a, b, resamples=resamples, seed=seed)
-
-
-def compare_captions(items: Sequence[ImageCaptions], a: Sequence[Sequence[str]], b: Sequence[Sequence[str]],
-                     resamples: int = 1000, seed: int = 0) -> dict:
-    """Two sets of captions (words) of the same photos, compared by the paired bootstrap."""
-    refs = [[tokenize(c) for c in item.captions] for item in items]
+    refs = [[tokenize(c) for c in item.captions] for item in items_a]
     scored = [coco_caption_scores(refs, [list(c) for c in caps], meteor=False, per_image=True) for caps in (a, b)]
     metrics = paired_bootstrap(refs, {"captions": a, "per_image": scored[0]["per_image"]},
                                {"captions": b, "per_image": scored[1]["per_image"]}, resamples=resamples, seed=seed)

@@ -51,6 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    choices=("auto", "torch", "onnxruntime"),
                    help="what runs the encoder (env SHOWTELL_ENCODER_RUNTIME; default auto: ONNX Runtime "
                         "on a CPU where installed, else PyTorch)")
+    p.add_argument("--mirror-average", action="store_true",
+                   default=os.environ.get("SHOWTELL_MIRROR_AVERAGE", "") not in ("", "0"),
+                   help="caption from each photo's features averaged with its mirror image's (env "
+                        "SHOWTELL_MIRROR_AVERAGE=1; README: Mirror averaging)")
     return p.parse_args(argv)
 
 
@@ -66,7 +70,8 @@ def main(argv=None) -> int:
     concurrency = args.concurrency or int(os.environ.get("SHOWTELL_CONCURRENCY") or DEFAULT_CONCURRENCY)
     threads = args.threads or int(os.environ.get("SHOWTELL_THREADS") or threads_per_request(concurrency))
     torch.set_num_threads(threads)  # process-wide: every request's worker thread uses this many
-    captioner = Captioner(args.checkpoint, device=args.device, runtime=args.encoder_runtime)  # shared by all requests
+    captioner = Captioner(args.checkpoint, device=args.device, runtime=args.encoder_runtime,
+                          mirror_average=args.mirror_average)  # loaded once, shared by all requests
     warm_up(captioner)
     print(f"showtell: model {captioner.checkpoint} on {captioner.device} ready in "
           f"{time.perf_counter() - t0:.1f}s ({concurrency} requests at once, {threads} thread(s) each, "

@@ -391,11 +391,16 @@ def test_concurrent_clients_are_all_served(server, client):
 def test_app_options_from_flags_and_environment(monkeypatch):
     import app
     for name in ("SHOWTELL_HOST", "GRADIO_SERVER_NAME", "SHOWTELL_PORT", "GRADIO_SERVER_PORT", "SHOWTELL_CHECKPOINT",
-                 "SHOWTELL_ENCODER_RUNTIME"):
+                 "SHOWTELL_ENCODER_RUNTIME", "SHOWTELL_MIRROR_AVERAGE"):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
     assert (args.host, args.port, args.checkpoint, args.max_file_size) == ("127.0.0.1", 7860, None, "10mb")
-    assert args.encoder_runtime == "auto"
+    assert args.encoder_runtime == "auto" and args.mirror_average is False
+    assert app.parse_args(["--mirror-average"]).mirror_average is True
+    monkeypatch.setenv("SHOWTELL_MIRROR_AVERAGE", "1")
+    assert app.parse_args([]).mirror_average is True
+    monkeypatch.setenv("SHOWTELL_MIRROR_AVERAGE", "0")
+    assert app.parse_args([]).mirror_average is False
     monkeypatch.setenv("SHOWTELL_ENCODER_RUNTIME", "torch")
     assert app.parse_args([]).encoder_runtime == "torch"
     assert app.parse_args(["--encoder-runtime", "onnxruntime"]).encoder_runtime == "onnxruntime"

@@ -17,17 +17,15 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from . import onnx_encoder
 from .checkpoint import load_checkpoint
 from .decoding import DecodeOptions, autocast, resolve_precision
 from .encoders import EncoderOutput, mirror_averaged
 from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .model import CaptionModel
-from .onnx_encoder import RUNTIMES, OnnxEncoder, inference_encoder
+from .onnx_encoder import ONNX_CPU_BATCH, OnnxEncoder, onnx_runtime_encoder
 
 ENCODER_CPU_BATCH = 8  # photos per PyTorch encoder call on a CPU
-ONNX_CPU_BATCH = 16  # photos per ONNX Runtime call (as for the feature cache: features.extraction_batch)
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
 # Guided captioning's default: a caption must name an ImageNet tag whose summed
 # probability is at least this. Measured with benchmarks/bench_guidance.py
@@ -123,16 +121,14 @@ class Captioner:
         PyTorch's time there, and exporting it adds about 0.5 s to loading),
         else PyTorch. A reduced ``precision`` is PyTorch's autocast, so it keeps
         the encoder in PyTorch."""
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
         if runtime == "onnxruntime" and self.precision != "float32":
             raise ValueError(f"the onnxruntime runtime runs the encoder in float32, not {self.precision}; "
                              "use runtime 'torch' or 'auto' with a reduced precision")
-        if runtime == "torch" or (runtime == "auto" and (self.precision != "float32" or self.device.type != "cpu"
-                                                         or not onnx_encoder.available())):
-            return "torch", None
-        fast = inference_encoder(self.encoder, self.device, runtime, spin=False)  # raises where forced and impossible
-        return ("onnxruntime", fast) if isinstance(fast, OnnxEncoder) else ("torch", None)
+        if runtime == "auto" and self.precision != "float32":
+            runtime = "torch"
+        # raises for an unknown runtime, or "onnxruntime" where it cannot run
+        fast = onnx_runtime_encoder(self.encoder, self.device, runtime, spin=False)
+        return ("torch", None) if fast is None else ("onnxruntime", fast)
 
     def options(self, guided: bool | None = None, **overrides) -> DecodeOptions:
         """Decoding options: the defaults with ``overrides`` applied (validated).

@@ -27,7 +27,7 @@ from .datasets import ImageCaptions
 from .decoding import exact_float32
 from .encoders import ImageEncoder, mirror_averaged
 from .images import ImageError, load_image
-from .onnx_encoder import OnnxEncoder, inference_encoder
+from .onnx_encoder import ONNX_CPU_BATCH, OnnxEncoder, inference_encoder
 
 CACHE_FORMAT = 1
 
@@ -201,10 +201,9 @@ def extraction_batch(on_gpu: bool, onnx: bool = False) -> int:
     """Photos per encoder call when building a cache. A GPU wants large
     batches; PyTorch on a CPU is fastest with small ones, whose activations stay
     in its caches (EfficientNet-Lite0 on 2 AMD EPYC cores, float32: ~26 photos/s
-    at 64 a call, 40-48 at 4), ONNX Runtime with 16 (end to end on 1,500 Flickr8k
-    photos: 50 photos/s at 4, 62 at 16; ``python benchmarks/bench_features.py
-    --max-images 1500 --batch-size N [--runtime torch]``)."""
-    return 64 if on_gpu else 16 if onnx else 4
+    at 64 a call, 40-48 at 4; ``python benchmarks/bench_features.py --max-images 1500
+    --batch-size N --runtime torch``), ONNX Runtime with :data:`~showtell.onnx_encoder.ONNX_CPU_BATCH`."""
+    return 64 if on_gpu else ONNX_CPU_BATCH if onnx else 4
 
 
 def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Sequence[ImageCaptions],

@@ -26,6 +26,9 @@ import torch
 from .encoders import EncoderOutput, ImageEncoder
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
+# Photos per call: ONNX Runtime on 2 cores was fastest at 16 (a cache build of 1,500
+# Flickr8k photos: 50 photos/s at 4, 62 at 16; benchmarks/bench_features.py --batch-size N).
+ONNX_CPU_BATCH = 16
 INSTALL_HINT = "pip install -r requirements-onnx.txt (onnx, onnxruntime)"
 
 
@@ -71,12 +74,13 @@ class OnnxEncoder:
         return EncoderOutput.of_map(torch.from_numpy(fmap))
 
 
-def inference_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu", runtime: str = "auto",
-                      spin: bool = True):
-    """The fastest form of ``encoder`` for computing features on ``device``:
-    ONNX Runtime on a CPU when installed (``runtime="auto"``, or forced with
-    ``"onnxruntime"``; ``spin`` as for :class:`OnnxEncoder`), else the encoder's
-    :meth:`for_inference` copy (``"torch"``)."""
+def onnx_runtime_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu", runtime: str = "auto",
+                         spin: bool = True) -> OnnxEncoder | None:
+    """``encoder`` in ONNX Runtime where ``runtime`` asks for it (``"onnxruntime"``)
+    or allows it (``"auto"``: on a CPU, when installed), else None: PyTorch runs
+    it (``"torch"``, or an export that failed under ``"auto"``, with a warning).
+    ``spin`` as for :class:`OnnxEncoder`. Raises for an unknown runtime, and for
+    ``"onnxruntime"`` off the CPU, not installed, or failing to export."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
     on_cpu = torch.device(device).type == "cpu"
@@ -91,4 +95,13 @@ def inference_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu",
                 raise
             warnings.warn(f"ONNX Runtime could not run {encoder.name} ({type(e).__name__}: {e}); "
                           "computing features with PyTorch", stacklevel=2)
-    return encoder.for_inference().to(device)
+    return None
+
+
+def inference_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu", runtime: str = "auto",
+                      spin: bool = True):
+    """The fastest form of ``encoder`` for computing features on ``device``:
+    :func:`onnx_runtime_encoder`'s where it gives one, else the encoder's
+    :meth:`for_inference` copy."""
+    fast = onnx_runtime_encoder(encoder, device, runtime, spin)
+    return fast if fast is not None else encoder.for_inference().to(device)

@@ -24,7 +24,8 @@ def main():
     p.add_argument("--data-root", default=FLICKR8K)
     p.add_argument("--max-images", type=int, default=0, help="only the first N photos (0: all 8,091)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: sized to the machine)")
-    p.add_argument("--batch-size", type=int, default=None, help="photos per encoder call (default: 64 on a GPU; on a CPU 16 with ONNX Runtime, 4 with PyTorch)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="photos per encoder call (default: 64 on a GPU; on a CPU 16 with ONNX Runtime, 4 with PyTorch)")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs the encoder (default: ONNX Runtime on a CPU where installed, else PyTorch)")
     args = p.parse_args()

@@ -54,7 +54,7 @@ def main():
         print(f"cuda, precision {cap.precision}: {same}/{len(paths)} captions "
               f"identical to the CPU's; batched {1000 * per_photo:.1f} ms/photo, one photo "
               f"{1000 * statistics.median(single):.1f} ms (median of 20)", flush=True)
-        for a, b, path in list(zip(got, reference, paths)):
+        for a, b, path in zip(got, reference, paths):
             if a != b:
                 print(f"  {path.split('/')[-1]}: cuda {a!r} / cpu {b!r}")
                 break

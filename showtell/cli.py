@@ -23,10 +23,12 @@ import tempfile
 import zipfile
 from typing import Any, Callable, Sequence
 
-from .config import DataConfig, ModelConfig, TrainConfig
+from .config import DataConfig, ModelConfig, TrainConfig, parse_dataset_spec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "config.json")  # what training writes into --out
+
+_FLAGS = {"datasets": "--data"}  # config fields whose flag is not their name
 
 _HELP = {
     "dataset": "flickr8k, coco (official captions json) or karpathy (dataset_*.json)",
@@ -35,6 +37,12 @@ _HELP = {
     "annotations": "coco: captions_train20xx.json; karpathy: dataset_coco.json etc.",
     "val_annotations": "coco: captions_val20xx.json (its images are the val split)",
     "val_image_root": "coco: folder of the val images (default: --image-root)",
+    "test_annotations": "coco: captions file of a test split, if the dataset has one",
+    "datasets": "train on several datasets at once: give --data once per dataset, each [NAME=]PATH[@WEIGHT]: "
+                "a Flickr8k folder, a COCO folder (annotations/captions_<split>.json beside images/ or "
+                "<split>2017/) or a Karpathy dataset_*.json; WEIGHT (default 1) is how often each of its "
+                "captions is seen per epoch, NAME (default: the folder's) labels its val figures. "
+                "Replaces --dataset and its paths; one vocabulary over all, best.pt by the mean val score",
     "encoder": "the image encoder",
     "decoder": "show_tell (NIC) or show_attend_tell (soft attention)",
     "fine_tune_encoder": "also train the encoder's last stage (no feature cache; slow on CPU)",
@@ -71,9 +79,12 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
     group = parser.add_argument_group(title)
     choices = _choices()
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = _FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
-        if isinstance(f.default, bool):
+        if isinstance(f.default, tuple):
+            group.add_argument(flag, dest=f.name, action="append", default=None, metavar="[NAME=]PATH[@WEIGHT]",
+                               help=_HELP.get(f.name, ""))
+        elif isinstance(f.default, bool):
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             group.add_argument(flag, dest=f.name, type=type(f.default), default=None, choices=choices.get(f.name),
@@ -245,6 +256,23 @@ def check_dataset_paths(cfg: DataConfig, splits: Sequence[str]) -> None:
                 _need_folder(cfg.val_image_root, "--val-image-root", "the folder of the val images")
 
 
+def _sources(cfg: DataConfig):
+    """The datasets a config names, each told by what its path holds; a path
+    that is none is a :class:`UsageError`."""
+    from .datasets import DatasetError, resolve_sources
+
+    try:
+        return resolve_sources(cfg)
+    except DatasetError as e:
+        raise UsageError(str(e)) from None
+
+
+def has_split(cfg: DataConfig, split: str) -> bool:
+    from .datasets import has_split as _has_split
+
+    return _has_split(cfg, split)
+
+
 def coco_splits_message(split: str) -> str:
     return (f"the coco dataset has no {split} split: the official captions files give a train split "
             f"(--annotations) and a val split (--val-annotations); use the val split, or --dataset karpathy "
@@ -341,9 +369,12 @@ def _train(args: argparse.Namespace) -> int:
         # files first thing, before any feature extraction.
         check_checkpoint_file(last)
     else:
-        if args.test and data_cfg.dataset == "coco":
-            raise UsageError(f"--test: {coco_splits_message('test')}")
-        check_dataset_paths(data_cfg, [data_cfg.train_split, data_cfg.val_split])
+        splits = [data_cfg.train_split, data_cfg.val_split] + (["test"] if args.test else [])
+        for source in _sources(data_cfg):
+            if args.test and not has_split(source.cfg, "test"):
+                raise UsageError(f"--test: {coco_splits_message('test')}" if not data_cfg.datasets else
+                                 f"--test: the dataset {source.name} has no test split")
+            check_dataset_paths(source.cfg, splits)
     if args.encoder_weights not in ("default", "none") and not os.path.isfile(args.encoder_weights):
         raise UsageError(f"--encoder-weights {args.encoder_weights}: no such file "
                          f"(give a torchvision state_dict file, 'default' or 'none')")
@@ -362,12 +393,16 @@ def _train(args: argparse.Namespace) -> int:
                     encoder_weights=weights, cache_dir=args.cache_dir, device=device,
                     progress=not args.no_progress)
     if args.test and summary["rank"] == 0:  # under torchrun, one process scores the test split
-        _evaluate(get_evaluate_parser().parse_args(
-            [os.path.join(args.out, "best.pt"), "--split", "test", "--device", device,
-             "--output", os.path.join(args.out, "test_captions.json")]
-            + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-            + (["--no-progress"] if args.no_progress else [])
-            + ["--store"]))
+        for i, spec in enumerate(data_cfg.datasets or [None]):
+            # Each dataset's test split apart; the first one's scores are stored in best.pt.
+            name = "" if spec is None else f"_{parse_dataset_spec(spec).name}"
+            _evaluate(get_evaluate_parser().parse_args(
+                [os.path.join(args.out, "best.pt"), "--split", "test", "--device", device,
+                 "--output", os.path.join(args.out, f"test_captions{name}.json")]
+                + (["--data", spec] if spec else [])
+                + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+                + (["--no-progress"] if args.no_progress else [])
+                + (["--store"] if i == 0 else [])))
     return 0 if summary["best_epoch"] > 0 else 1
 
 
@@ -396,6 +431,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, choices=DataConfig.DATASETS,
                    help="score on another dataset than the one stored in the checkpoint (with its "
                         "--annotations/--image-root or --data-root), e.g. coco-mini's photos out of domain")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="score on this dataset (a Flickr8k folder, a COCO folder such as coco-2733 or coco-mini, "
+                        "or a Karpathy dataset_*.json; as train.py --data takes them), not the checkpoint's")
     p.add_argument("--data-root", default=None, help="override the dataset location stored in the checkpoint")
     p.add_argument("--image-root", default=None)
     p.add_argument("--annotations", default=None)
@@ -452,17 +490,37 @@ def _scoring_options(args: argparse.Namespace):
 
 
 def _scoring_items(args: argparse.Namespace, ckpt: dict):
-    """The dataset config (the checkpoint's, with the command's overrides) and the items of --split."""
+    """The dataset's name (its feature-cache entries), config (--data's, or the
+    checkpoint's with the command's overrides) and the items of --split."""
     from .config import config_from_dict
     from .datasets import DatasetError, load_split
 
     overrides = {k: getattr(args, k) for k in _DATA_OVERRIDES if getattr(args, k) is not None}
-    data_cfg = dataclasses.replace(config_from_dict(DataConfig, ckpt["data_config"]), **overrides)
-    if data_cfg.dataset == "coco" and args.split == "test":
-        # load_split would hand back the val images: the figures would be val scores labelled test.
-        raise UsageError(f"--split test: {coco_splits_message('test')}")
+    stored = config_from_dict(DataConfig, ckpt["data_config"])
+    if getattr(args, "data", None):
+        if overrides:
+            raise UsageError(f"--data names the whole dataset: leave out --{next(iter(overrides)).replace('_', '-')}")
+        spec = parse_dataset_spec(args.data)
+        data_cfg = _sources(DataConfig(datasets=(spec.path,)))[0].cfg
+        if not has_split(data_cfg, args.split):
+            raise UsageError(f"--data {args.data}: no {args.split} split there")
+        try:
+            return spec.name, data_cfg, load_split(data_cfg, args.split)
+        except DatasetError as e:
+            raise DatasetError(f"--data {args.data}: {e}") from e
+    if stored.datasets and not overrides:
+        # A model trained on several datasets is scored on one at a time: the first, unless --data names another.
+        source = _sources(stored)[0]
+        try:
+            return source.name, source.cfg, load_split(source.cfg, args.split)
+        except DatasetError as e:
+            raise DatasetError(f"{e} (the first dataset stored in {args.checkpoint}; name one with --data)") from e
+    data_cfg = dataclasses.replace(stored, datasets=(), **overrides) if overrides else stored
+    if not has_split(data_cfg, args.split):
+        # The official COCO release has no test split: never score val photos labelled test.
+        raise UsageError(f"--split {args.split}: {coco_splits_message(args.split)}")
     try:
-        return data_cfg, load_split(data_cfg, args.split)
+        return data_cfg.dataset, data_cfg, load_split(data_cfg, args.split)
     except DatasetError as e:
         if overrides:
             raise
@@ -488,7 +546,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .model import CaptionModel
 
     ckpt = load_checkpoint(args.checkpoint)
-    data_cfg, items = _scoring_items(args, ckpt)
+    name, data_cfg, items = _scoring_items(args, ckpt)
     model = CaptionModel.from_checkpoint(ckpt, device=device)
     if args.ensemble:
         try:
@@ -497,7 +555,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(f"--ensemble: {e}") from None
     # The same decoding options caption() uses by default, so the figures are what users get.
-    scores = evaluate_split(model, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
+    scores = evaluate_split(model, name, items, FeatureCache(args.cache_dir), args.split, opts,
                             device=device, progress=not args.no_progress, captions_out=args.output,
                             examples=args.show, mirror_average=args.mirror_average)
     if args.store:
@@ -507,7 +565,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         save_checkpoint(ckpt, args.checkpoint)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
-    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "beam_size": args.beam_size,
+    print(json.dumps({"checkpoint": args.checkpoint, "dataset": name, "split": args.split, "beam_size": args.beam_size,
                       "guidance_threshold": args.guidance_threshold,
                       **({"ensemble": args.ensemble} if args.ensemble else {}),
                       **({"mirror_average": True} if args.mirror_average else {}),
@@ -567,14 +625,14 @@ def _compare(args: argparse.Namespace) -> int:
     from .model import CaptionModel
 
     ckpt = load_checkpoint(args.checkpoint)
-    data_cfg, items = _scoring_items(args, ckpt)
+    dataset, data_cfg, items = _scoring_items(args, ckpt)
     models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(args.other, device=device)]
-    result = compare_split(*models, data_cfg.dataset, items, FeatureCache(args.cache_dir), args.split, opts,
+    result = compare_split(*models, dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                            device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed,
                            mirror_average=(args.mirror_average in ("a", "both"), args.mirror_average in ("b", "both")))
     mirrored = {"a": " (A mirror-averaged)", "b": " (B mirror-averaged)", "both": " (both mirror-averaged)"}
     print(f"A = {args.checkpoint}\nB = {args.other}{mirrored.get(args.mirror_average, '')}\n"
-          f"{data_cfg.dataset} {args.split}: {result['images']} photos, "
+          f"{dataset} {args.split}: {result['images']} photos, "
           f"{result['changed_captions']} captions differ; {args.resamples} paired bootstrap draws, 95 % intervals")
     print(f"{'metric':8s} {'A':>22s} {'B':>22s} {'B - A':>24s} {'draws B not ahead':>18s}")
     for name, m in result["metrics"].items():
@@ -583,7 +641,7 @@ def _compare(args: argparse.Namespace) -> int:
         d_lo, d_hi = m["difference_interval"]
         print(f"{_METRIC_NAMES[name]:8s} {m['a']:6.2f} [{a_lo:6.2f}, {a_hi:6.2f}] {m['b']:6.2f} [{b_lo:6.2f}, {b_hi:6.2f}] "
               f"{m['difference']:+6.2f} [{d_lo:+6.2f}, {d_hi:+6.2f}] {100 * m['b_not_ahead']:17.1f}%")
-    print(json.dumps({"a": args.checkpoint, "b": args.other, "dataset": data_cfg.dataset, "split": args.split,
+    print(json.dumps({"a": args.checkpoint, "b": args.other, "dataset": dataset, "split": args.split,
                       "beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
                       "length_penalty": opts.length_penalty, "seed": args.seed,
                       **({"mirror_average": args.mirror_average} if args.mirror_average else {}), **result}))

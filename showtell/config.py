@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,50 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of a multi-dataset run, as ``--data [NAME=]PATH[@WEIGHT]`` gives it.
+
+    ``weight`` is how many times each of its captions is seen per epoch on
+    average (2: twice; 0.5: a fresh half every epoch), so a small dataset
+    need not drown in a large one. ``name`` (default: the folder's or file's
+    name) labels its validation figures and its feature-cache entries."""
+
+    name: str
+    path: str
+    weight: float = 1.0
+
+
+def parse_dataset_spec(spec: str) -> DatasetSpec:
+    """``"[NAME=]PATH[@WEIGHT]"`` -> :class:`DatasetSpec`; a ``ValueError`` names what is wrong."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"--data expects [NAME=]PATH[@WEIGHT], got {spec!r}")
+    text, weight = spec.strip(), 1.0
+    path_part = text.split("=", 1)[1] if "=" in text.split("/", 1)[0] else text
+    if "@" in path_part:
+        head, _, w = text.rpartition("@")
+        try:
+            weight = float(w)
+        except ValueError:
+            raise ValueError(f"--data {spec}: the weight after '@' must be a number, got {w!r}") from None
+        if not (math.isfinite(weight) and 0 < weight <= 100):
+            raise ValueError(f"--data {spec}: the weight must be above 0 and at most 100, got {w}")
+        text = head
+    name, sep, path = text.partition("=")
+    if not sep or "/" in name:  # no NAME= (an '=' inside the path is part of it)
+        name, path = "", text
+    path = path.rstrip("/") or path
+    if not path:
+        raise ValueError(f"--data {spec}: no path")
+    if not name:
+        base = os.path.basename(path)
+        name = base[len("dataset_"):-len(".json")] if base.startswith("dataset_") and base.endswith(".json") \
+            else os.path.splitext(base)[0] if base.endswith(".json") else base
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"--data {spec}: the name {name!r} may hold only letters, digits, '-', '_' and '.'")
+    return DatasetSpec(name, path, weight)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the captions and images come from and how text becomes tokens."""
 
@@ -86,6 +131,10 @@ class DataConfig:
     annotations: str = ""  # coco: captions_train2017.json; karpathy: dataset_*.json
     val_annotations: str = ""  # coco: captions_val2017.json (its images are the val split)
     val_image_root: str = ""  # coco: folder of the val images (default: image_root)
+    test_annotations: str = ""  # coco: captions file of a test split (its images under val_image_root)
+    # Several datasets trained together, each "[NAME=]PATH[@WEIGHT]" (see showtell.datasets.resolve_sources);
+    # when given they replace the single dataset the fields above describe.
+    datasets: tuple[str, ...] = ()
     train_split: str = "train"
     val_split: str = "val"
     min_word_count: int = 5
@@ -97,9 +146,19 @@ class DataConfig:
 
     def __post_init__(self):
         _check_choice(self, "dataset", self.DATASETS)
-        for name in ("data_root", "image_root", "annotations", "val_annotations", "val_image_root"):
+        for name in ("data_root", "image_root", "annotations", "val_annotations", "val_image_root",
+                     "test_annotations"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} (--{name.replace('_', '-')}) must be a path, got {getattr(self, name)!r}")
+        if isinstance(self.datasets, list):  # from JSON
+            object.__setattr__(self, "datasets", tuple(self.datasets))
+        if not isinstance(self.datasets, tuple):
+            raise TypeError(f"datasets (--data) must be a list of dataset specs, got {self.datasets!r}")
+        names = [parse_dataset_spec(spec).name for spec in self.datasets]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"datasets (--data): the name {repeated[0]!r} is given twice; name them apart "
+                             f"with NAME=PATH")
         _check_choice(self, "train_split", self.SPLITS)
         _check_choice(self, "val_split", self.SPLITS)
         _check(self, "min_word_count", int, 1)
@@ -162,7 +221,9 @@ class ConfigError(ValueError):
     """Stored config values that do not fit the config's fields."""
 
 
-def _fits(value: Any, kind: type) -> bool:
+def _fits(value: Any, kind: Any) -> bool:
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]
+        return isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value)
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
@@ -186,9 +247,10 @@ def config_from_dict(cls: type, values: dict[str, Any]):
             continue
         value = values[f.name]
         if not _fits(value, kinds[f.name]):
-            raise ConfigError(f"{cls.__name__}.{f.name} must be {kinds[f.name].__name__}, "
+            raise ConfigError(f"{cls.__name__}.{f.name} must be {getattr(kinds[f.name], '__name__', kinds[f.name])}, "
                               f"got {type(value).__name__} {value!r:.80}")
-        fields[f.name] = float(value) if kinds[f.name] is float else value
+        fields[f.name] = float(value) if kinds[f.name] is float else tuple(value) if isinstance(value, list) \
+            else value
     try:
         return cls(**fields)
     except (TypeError, ValueError) as e:  # __post_init__'s range checks

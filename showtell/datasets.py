@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from .config import DataConfig
+from .config import DataConfig, parse_dataset_spec
 
 SPLITS = ("train", "val", "test")
 
@@ -195,7 +195,86 @@ def load_split(cfg: DataConfig, split: str) -> list[ImageCaptions]:
         # and as test when no other test file is given.
         if split == "train":
             return read_coco(cfg.annotations, cfg.image_root)
+        if split == "test":
+            if not cfg.test_annotations:
+                raise DatasetError("this COCO dataset has no test split: the official release gives train "
+                                   "and val captions files only (a test file goes in --test-annotations)")
+            return read_coco(cfg.test_annotations, cfg.val_image_root or cfg.image_root)
         if not cfg.val_annotations:
             raise DatasetError("the COCO dataset needs --val-annotations for its val/test split")
         return read_coco(cfg.val_annotations, cfg.val_image_root or cfg.image_root)
     raise DatasetError(f"unknown dataset {cfg.dataset!r}; expected flickr8k, coco or karpathy")
+
+
+# --- several datasets at once ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One dataset of a run: its name (validation figures, cache entries), its
+    sampling weight, and the single-dataset config :func:`load_split` reads."""
+
+    name: str
+    weight: float
+    cfg: DataConfig
+
+    def split(self, split: str) -> list[ImageCaptions]:
+        """The items of ``split``, at most ``cfg.max_images`` of them (0: all)."""
+        items = load_split(self.cfg, split)
+        return items[:self.cfg.max_images] if self.cfg.max_images else items
+
+
+def _first_file(folder: str, names: list[str]) -> str:
+    return next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), "")
+
+
+def dataset_config(path: str, base: DataConfig) -> DataConfig:
+    """The single-dataset config for a folder or file, its kind told by what it holds:
+    - a Flickr8k folder (``Flickr8k.token.txt``, the split files, ``Images/``);
+    - a COCO-format folder: ``annotations/captions_{train,val,test}[2014|2017].json`` with the
+      photos in ``images/`` or ``{split}2017/`` / ``{split}2014/`` (the official layout, coco-2733's);
+    - a Karpathy split file (``dataset_*.json``), its ``filepath``s relative to the file's folder,
+      or a folder holding one.
+    Caption-length and vocabulary settings come from ``base``."""
+    keep = {k: getattr(base, k) for k in ("min_word_count", "max_caption_len", "max_images")}
+    if os.path.isfile(path):
+        return DataConfig(dataset="karpathy", annotations=path, image_root=os.path.dirname(path) or ".", **keep)
+    if not os.path.isdir(path):
+        raise DatasetError(f"--data {path}: no such file or folder")
+    if os.path.isfile(os.path.join(path, "Flickr8k.token.txt")):
+        return DataConfig(dataset="flickr8k", data_root=path, **keep)
+    ann = os.path.join(path, "annotations")
+    files = {split: _first_file(ann, [f"captions_{split}.json", f"captions_{split}2017.json",
+                                      f"captions_{split}2014.json"]) for split in SPLITS}
+    if files["train"] or files["val"] or files["test"]:
+        def images(split: str) -> str:
+            for name in ("images", f"{split}2017", f"{split}2014"):
+                if os.path.isdir(os.path.join(path, name)):
+                    return os.path.join(path, name)
+            return os.path.join(path, "images")
+        return DataConfig(dataset="coco", annotations=files["train"], image_root=images("train"),
+                          val_annotations=files["val"], test_annotations=files["test"],
+                          val_image_root=images("val"), **keep)
+    karpathy = sorted(n for n in os.listdir(path) if n.startswith("dataset_") and n.endswith(".json"))
+    if len(karpathy) == 1:
+        return DataConfig(dataset="karpathy", annotations=os.path.join(path, karpathy[0]), image_root=path, **keep)
+    raise DatasetError(f"--data {path}: not a dataset folder showtell knows (a Flickr8k folder with "
+                       f"Flickr8k.token.txt, a COCO folder with annotations/captions_<split>.json, or one "
+                       f"Karpathy dataset_*.json)")
+
+
+def resolve_sources(cfg: DataConfig) -> list[DatasetSource]:
+    """The datasets a config trains on: those of ``cfg.datasets`` (``--data``), or
+    the one dataset its other fields describe, named by its kind."""
+    if not cfg.datasets:
+        return [DatasetSource(cfg.dataset, 1.0, cfg)]
+    return [DatasetSource(spec.name, spec.weight, dataset_config(spec.path, cfg))
+            for spec in map(parse_dataset_spec, cfg.datasets)]
+
+
+def has_split(cfg: DataConfig, split: str) -> bool:
+    """Whether a single-dataset config names a file for ``split`` (a COCO
+    release may lack a test file; the other kinds hold every split)."""
+    if cfg.dataset != "coco":
+        return True
+    return bool({"train": cfg.annotations, "val": cfg.val_annotations, "test": cfg.test_annotations}[split])

@@ -168,13 +168,55 @@ class NpyRows:
         return out if len(unique) == len(rows) and np.array_equal(unique, rows) else out[inverse.reshape(-1)]
 
 
+class ConcatRows:
+    """Several datasets' feature rows (:class:`NpyRows` or arrays of the same
+    row shape) read as one, the datasets one after another, each still read
+    from its own cache entry."""
+
+    def __init__(self, parts: Sequence[NpyRows | np.ndarray]):
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot join feature rows of shapes {sorted(shapes)}: one encoder must make them all")
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]),) + shapes.pop()
+        self.dtype = np.result_type(*[p.dtype for p in parts])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        rows = np.asarray(index, dtype=np.int64)
+        if rows.ndim == 0:
+            return self[rows.reshape(1)][0]
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range for {len(self)} feature rows")
+        out = np.empty((len(rows),) + self.shape[1:], dtype=self.dtype)
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        for d, part in enumerate(self.parts):
+            at = np.flatnonzero(which == d)
+            if len(at):
+                out[at] = part[rows[at] - self.starts[d]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate([np.asarray(p) for p in self.parts])
+        return out if dtype is None else out.astype(dtype)
+
+
 @dataclass
 class FeatureSet:
     """Features of the readable images of one split, in item order."""
 
     items: list[ImageCaptions]  # only the images that could be read
-    pooled: NpyRows | np.ndarray  # (N, C) float32, read from disk row by row
-    spatial: NpyRows | np.ndarray  # (N, P, C) float16; P = h * w positions
+    pooled: NpyRows | ConcatRows | np.ndarray  # (N, C) float32, read from disk row by row
+    spatial: NpyRows | ConcatRows | np.ndarray  # (N, P, C) float16; P = h * w positions
     skipped: list[tuple[str, str]]  # (image_id, reason) of those that could not
 
     def for_decoder(self, feature_kind: str) -> NpyRows | np.ndarray:

@@ -38,11 +38,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_resumable, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
-from .datasets import ImageCaptions, load_split
+from .datasets import DatasetSource, ImageCaptions, load_split, resolve_sources
 from .decoding import DecodeOptions
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .evaluation import caption_features, score_captions
-from .features import FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
+from .features import ConcatRows, FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
 from .metrics import CiderD, caption_statistics
 from .model import CaptionModel, encoder_weights_for
 from .objectives import CrossEntropy, SelfCritical
@@ -52,9 +52,30 @@ from .text import Vocabulary, tokenize
 # --- data ----------------------------------------------------------------------------
 
 def load_items(cfg: DataConfig, split: str) -> list[ImageCaptions]:
-    """The items of a split, at most ``cfg.max_images`` of them (0: all)."""
+    """The items of a split of a single-dataset config, at most ``cfg.max_images`` of them (0: all)."""
     items = load_split(cfg, split)
     return items[:cfg.max_images] if cfg.max_images else items
+
+
+class PerDatasetCider:
+    """CIDEr-D of the training corpus with each dataset's own document
+    frequencies (an n-gram rare in Flickr8k may be common in COCO): the
+    datasets' items follow one another, and an index is routed to its own."""
+
+    def __init__(self, parts: list[CiderD]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [p.num_images for p in parts])
+        self.num_images = int(self.starts[-1])
+
+    def score_indices(self, hypotheses, indices) -> tuple[float, np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.zeros(len(indices), dtype=np.float64)
+        which = np.searchsorted(self.starts, indices, side="right") - 1
+        for d, part in enumerate(self.parts):
+            rows = np.flatnonzero(which == d)
+            if len(rows):
+                out[rows] = part.score_indices([hypotheses[i] for i in rows], indices[rows] - self.starts[d])[1]
+        return (float(out.mean()) if len(out) else 0.0), out
 
 
 def encode_captions(items: list[ImageCaptions], vocab: Vocabulary, max_len: int):
@@ -83,13 +104,32 @@ def encode_captions(items: list[ImageCaptions], vocab: Vocabulary, max_len: int)
     return torch.from_numpy(caps), torch.from_numpy(lengths), torch.from_numpy(image_of)
 
 
-def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+def epoch_rows(n: int, groups: list[tuple[torch.Tensor, float]] | None, g: torch.Generator) -> torch.Tensor:
+    """The rows one epoch visits, shuffled: each row once, or, with ``groups``
+    (the rows of each dataset and its weight), each group's rows ``weight``
+    times on average: whole repeats, then a fresh random part for the fraction."""
+    if not groups or all(w == 1.0 for _, w in groups):
+        return torch.randperm(n, generator=g)
+    parts = []
+    for rows, weight in groups:
+        whole = int(weight)
+        parts += [rows] * whole
+        extra = round((weight - whole) * len(rows))
+        if extra:
+            parts.append(rows[torch.randperm(len(rows), generator=g)[:extra]])
+    pool = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+    return pool[torch.randperm(len(pool), generator=g)]
+
+
+def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                  groups: list[tuple[torch.Tensor, float]] | None = None) -> list[torch.Tensor]:
     """The batches of one epoch, a function of (seed, epoch) alone so a resumed
     run sees the same order. Captions of similar length share a batch (less
     padding), and batches come in random order. Self-critical training batches
-    images, not captions: pass equal lengths and it is a plain shuffle."""
+    images, not captions: pass equal lengths and it is a plain shuffle.
+    ``groups``: per-dataset sampling weights (:func:`epoch_rows`)."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(len(lengths), generator=g)
+    perm = epoch_rows(len(lengths), groups, g)
     batches = []
     chunk = batch_size * 50
     for start in range(0, len(perm), chunk):
@@ -137,11 +177,13 @@ class BatchSource:
 
     Cross-entropy batches are caption rows grouped by length; self-critical
     batches are images (each with all its references). Either way the order is
-    a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    a pure function of (seed, epoch), so a resumed run sees the same batches.
+    ``weights``: (number of images, sampling weight) of each dataset, in the
+    order their items follow one another in ``items`` (None: one dataset)."""
 
     def __init__(self, model: CaptionModel, items: list[ImageCaptions], features: FeatureSet | None,
                  per_image: bool, max_caption_len: int, batch_size: int, seed: int, device: torch.device,
-                 dist: Distributed = Distributed()):
+                 dist: Distributed = Distributed(), weights: list[tuple[int, float]] | None = None):
         self.items, self.per_image = items, per_image
         self.batch_size, self.seed, self.device, self.dist = batch_size, seed, device, dist
         self.fine_tune = features is None
@@ -151,12 +193,24 @@ class BatchSource:
             self.lengths = torch.zeros(len(items), dtype=torch.long)
         else:
             self.caps, self.lengths, self.image_of = encode_captions(items, model.vocab, max_caption_len)
+        self.groups = None
+        if weights and any(w != 1.0 for _, w in weights):
+            if sum(n for n, _ in weights) != len(items):
+                raise ValueError(f"dataset sizes {[n for n, _ in weights]} do not add up to {len(items)} images")
+            starts = np.cumsum([0] + [n for n, _ in weights])
+            image_rows = torch.arange(len(self.lengths)) if per_image else None
+            owner = self.image_of if not per_image else image_rows  # the image of each row
+            self.groups = [(torch.nonzero((owner >= int(a)) & (owner < int(b))).flatten(), w)
+                           for a, b, (_, w) in zip(starts[:-1], starts[1:], weights)]
 
     def __len__(self) -> int:
-        return len(self.lengths)  # captions or images
+        """Rows (captions or images) per epoch, counting each dataset's weight."""
+        if self.groups is None:
+            return len(self.lengths)
+        return sum(int(w) * len(r) + round((w - int(w)) * len(r)) for r, w in self.groups)
 
     def epoch(self, epoch: int) -> list[torch.Tensor]:
-        return epoch_batches(self.lengths, self.batch_size, self.seed, epoch)
+        return epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.groups)
 
     def make_batch(self, rows: torch.Tensor) -> Batch:
         images_of_rows = rows if self.per_image else self.image_of[rows]
@@ -283,8 +337,11 @@ def _write_log(path: str, history: list[dict]) -> None:
 
 def _log_line(rec: dict) -> str:
     val = " ".join(f"{rec[f'val_bleu{n}']:.1f}" for n in range(1, 5))
-    return (f"epoch {rec['epoch']}/{rec['epochs']}  loss {rec['train_loss']:.3f}  val BLEU-1..4 {val}  "
-            f"CIDEr-D {rec['val_cider']:.1f}  lr {rec['lr']:.1e}  {rec['seconds']:.0f}s "
+    each = [k[len("val_"):-len("/cider")] for k in rec if k.startswith("val_") and k.endswith("/cider")]
+    per = ("  (" + ", ".join(f"{name} {rec[f'val_{name}/cider']:.1f}" for name in each) + ")") if each else ""
+    mean = "mean " if each else ""
+    return (f"epoch {rec['epoch']}/{rec['epochs']}  loss {rec['train_loss']:.3f}  val {mean}BLEU-1..4 {val}  "
+            f"{mean}CIDEr-D {rec['val_cider']:.1f}{per}  lr {rec['lr']:.1e}  {rec['seconds']:.0f}s "
             f"(train {rec['train_seconds']:.0f}s)")
 
 
@@ -332,12 +389,13 @@ class Run:
 
 def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,
                     resume: bool, init_from: str | None, encoder_weights: str | None, device: torch.device,
-                    train_items_of: Callable[[DataConfig], list[ImageCaptions]],
+                    train_items_of: Callable[[DataConfig], list[list[ImageCaptions]]],
                     log: Callable[[str], None],
                     dist: Distributed = Distributed()) -> tuple[Run, list[ImageCaptions]]:
     """The run in ``out_dir`` restored from ``last.pt`` (``resume``), or a new
     one: from a trained model (``init_from``, e.g. self-critical training after
-    cross-entropy) or from scratch. Returns the run and the training items.
+    cross-entropy) or from scratch. Returns the run and the training items of
+    each dataset (``train_items_of``), whose captions make a new vocabulary.
     Every rank reads; rank 0 alone writes."""
     os.makedirs(out_dir, exist_ok=True)
     last_path = os.path.join(out_dir, "last.pt")
@@ -357,12 +415,13 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
         model_cfg = config_from_dict(ModelConfig, start_from["model_config"])
         log(f"starting from the model in {init_from} ({model_cfg.decoder} on {model_cfg.encoder})")
 
-    train_items = train_items_of(data_cfg)
+    train_items = train_items_of(data_cfg)  # one list per dataset
     source = ckpt or start_from
     if source is not None:
         vocab = Vocabulary(source["vocab"])
-    else:
-        vocab = Vocabulary.build((tokenize(c) for it in train_items for c in it.captions), data_cfg.min_word_count)
+    else:  # one vocabulary over every dataset's training captions
+        vocab = Vocabulary.build((tokenize(c) for items in train_items for it in items for c in it.captions),
+                                 data_cfg.min_word_count)
 
     torch.manual_seed(train_cfg.seed)
     random.seed(train_cfg.seed)
@@ -424,6 +483,20 @@ def validate(model: CaptionModel, val: FeatureSet, cider: CiderD, cfg: TrainConf
     return scores
 
 
+def combine_scores(by_dataset: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Validation scores of several datasets as one: each metric's plain mean
+    over the datasets (so best.pt is chosen on, say, the mean CIDEr-D of the
+    val splits, whatever their sizes), with each dataset's own figures kept
+    under ``"<name>/<metric>"``. One dataset's scores pass through unchanged."""
+    if len(by_dataset) == 1:
+        return dict(next(iter(by_dataset.values())))
+    keys = [k for k in next(iter(by_dataset.values())) if all(k in s for s in by_dataset.values())]
+    out = {k: float(np.mean([s[k] for s in by_dataset.values()])) for k in keys}
+    for name, scores in by_dataset.items():
+        out.update({f"{name}/{k}": v for k, v in scores.items()})
+    return out
+
+
 def end_epoch(run: Run, scores: dict[str, float], train_seconds: float, t_epoch: float) -> None:
     """Log the epoch, keep the best model, decide on early stopping, save."""
     state, cfg = run.state, run.train_cfg
@@ -476,10 +549,15 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
 
 def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encoder_weights, cache_dir, device,
            progress, log, dist: Distributed) -> dict:
+    sources: list[DatasetSource] = []
+
+    def train_items_of(cfg: DataConfig) -> list[list[ImageCaptions]]:
+        sources[:] = resolve_sources(cfg)
+        return [s.split(cfg.train_split) for s in sources]
+
     run, train_items = restore_or_init(model_cfg, data_cfg, train_cfg, out_dir, resume=resume,
                                        init_from=init_from, encoder_weights=encoder_weights, device=device,
-                                       train_items_of=lambda cfg: load_items(cfg, cfg.train_split), log=log,
-                                       dist=dist)
+                                       train_items_of=train_items_of, log=log, dist=dist)
     model, data_cfg, cfg, state = run.model, run.data_cfg, run.train_cfg, run.state
     summary = lambda: {"best_epoch": state["best_epoch"], "best_score": state["best_score"],
                        "select_metric": cfg.select_metric, "history": state["history"], "out_dir": out_dir,
@@ -488,37 +566,52 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
         log("this run already finished")
         return summary()
 
-    val_items = load_items(data_cfg, data_cfg.val_split)
+    # Each dataset keeps its own splits (and feature-cache entries); only training mixes them.
+    val_items = [s.split(data_cfg.val_split) for s in sources]
     if cfg.val_max_images:
-        val_items = val_items[:cfg.val_max_images]
+        val_items = [items[:cfg.val_max_images] for items in val_items]
     cache = FeatureCache(cache_dir)
     fine_tune = model.encoder.trainable()
-    val_features = lambda: split_features(model.encoder, data_cfg.dataset, data_cfg.val_split, val_items, cache,
-                                          device=device, progress=progress and not fine_tune)
+    features_of = lambda s, split, items, show: split_features(model.encoder, s.name, split, items, cache,
+                                                               device=device, progress=show)
+    val_features = lambda: [features_of(s, data_cfg.val_split, items, progress and not fine_tune)
+                            for s, items in zip(sources, val_items)]
     if fine_tune:
-        train_feats, kept = None, train_items  # unreadable images are dropped batch by batch
+        parts, kept = train_items, [it for items in train_items for it in items]  # unreadable: dropped per batch
+        train_feats = None
     else:
         # Rank 0 builds the cache (train and val) while the others wait, then they read it.
         if dist.is_main:
-            train_feats = split_features(model.encoder, data_cfg.dataset, data_cfg.train_split, train_items,
-                                         cache, device=device, progress=progress)
+            parts = [features_of(s, data_cfg.train_split, items, progress) for s, items in zip(sources, train_items)]
             val_features()
         dist.barrier()
         if not dist.is_main:
-            train_feats = split_features(model.encoder, data_cfg.dataset, data_cfg.train_split, train_items,
-                                         cache, device=device, progress=False)
+            parts = [features_of(s, data_cfg.train_split, items, False) for s, items in zip(sources, train_items)]
+        train_feats = parts[0] if len(parts) == 1 else FeatureSet(
+            [it for fs in parts for it in fs.items], ConcatRows([fs.pooled for fs in parts]),
+            ConcatRows([fs.spatial for fs in parts]), [x for fs in parts for x in fs.skipped])
+        parts = [fs.items for fs in parts]
         kept = train_feats.items
-    cider = CiderD([[tokenize(c) for c in it.captions] for it in kept])
-    objective = make_objective(cfg, model, cider)
+    # CIDEr-D with each dataset's own document frequencies, for validation and self-critical rewards.
+    ciders = [CiderD([[tokenize(c) for c in it.captions] for it in items]) for items in parts]
+    objective = make_objective(cfg, model, ciders[0] if len(ciders) == 1 else PerDatasetCider(ciders))
+    weights = [(len(items), s.weight) for s, items in zip(sources, parts)]
     source = BatchSource(model, kept, train_feats, per_image=cfg.objective == "scst",
                          max_caption_len=data_cfg.max_caption_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                         device=device, dist=dist)
+                         device=device, dist=dist, weights=weights if len(sources) > 1 else None)
     if run.resumed is None:
         unit = "images" if cfg.objective == "scst" else "captions"
         ranks = f" on {dist.world} processes" if dist.active else ""
+        mix = ("; " + ", ".join(f"{s.name} {n} images x{s.weight:g}" for s, (n, _) in zip(sources, weights))
+               + f"; best.pt by the mean val {cfg.select_metric} of the {len(sources)} datasets"
+               if len(sources) > 1 else "")
         log(f"training {run.model_cfg.decoder} on {run.model_cfg.encoder} features ({cfg.objective}): "
             f"{len(kept)} images, "
-            f"{len(source)} {unit} per epoch, vocabulary {len(model.vocab)}, device {device}{ranks}")
+            f"{len(source)} {unit} per epoch, vocabulary {len(model.vocab)}, device {device}{ranks}{mix}")
+
+    def validate_all() -> dict[str, float]:
+        return combine_scores({s.name: validate(model, fs, cider, cfg, device)
+                               for s, fs, cider in zip(sources, val_features(), ciders)})
 
     while state["epoch"] < cfg.epochs:
         epoch, t_epoch = state["epoch"], time.time()
@@ -547,7 +640,7 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
             warnings.warn(f"epoch {epoch + 1}: skipped {skipped} captions whose image is missing or unreadable")
         train_seconds = time.time() - t_epoch
         # Rank 0 validates while the others wait for its scores: one decision for all.
-        scores = validate(model, val_features(), cider, cfg, device) if dist.is_main else None
+        scores = validate_all() if dist.is_main else None
         end_epoch(run, dist.from_main(scores), train_seconds, t_epoch)
         if state["finished"]:
             break

@@ -50,6 +50,8 @@ _HELP = {
     "early_stop_patience": "stop after this many epochs without a better val score (--select-metric)",
     "select_metric": "what picks best.pt and early stopping: cider (CIDEr-D) or bleu4",
     "label_smoothing": "xe: label smoothing of the word targets",
+    "mirror_augment": "probability that a training caption is paired with its photo's mirror image (data "
+                      "augmentation; the mirrored photos' features are cached too; 0: off)",
     "attention_reg": "xe, show_attend_tell: weight of the doubly stochastic attention penalty (Xu et al. eq. 14)",
     "scheduled_sampling": "xe: highest probability of feeding the model its own previous word instead of "
                           "the reference (Bengio et al. 2015); 0: off",

@@ -187,6 +187,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, used only on CUDA
     objective: str = "xe"  # "xe" (cross-entropy, teacher forcing) or "scst" (self-critical, CIDEr-D reward)
     label_smoothing: float = 0.0  # xe only
+    mirror_augment: float = 0.0  # probability that a training caption reads its photo mirrored (0: off)
     attention_reg: float = 0.0  # xe, show_attend_tell: doubly stochastic attention (Xu et al. eq. 14)
     scheduled_sampling: float = 0.0  # xe: highest probability of feeding the model its own previous word
     scheduled_sampling_ramp: int = 5  # xe: epochs over which that probability rises linearly from 0
@@ -209,6 +210,7 @@ class TrainConfig:
         _check(self, "lr_decay", float, 0.0, 1.0, lo_open=True)
         _check(self, "amp", bool)
         _check(self, "label_smoothing", float, 0.0, 1.0)
+        _check(self, "mirror_augment", float, 0.0, 1.0)
         _check(self, "attention_reg", float, 0.0)
         _check(self, "scheduled_sampling", float, 0.0, 1.0)
         _check(self, "scst_samples", int, 2 if self.scst_baseline == "mean" else 1)

@@ -250,27 +250,29 @@ def extraction_batch(on_gpu: bool, onnx: bool = False) -> int:
 
 def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Sequence[ImageCaptions],
                    cache: "FeatureCache", device: str | torch.device = "cpu", progress: bool = True,
-                   mirror_average: bool = False) -> FeatureSet:
+                   mirror_average: bool = False, mirrored: bool = False) -> FeatureSet:
     """The features of a split's readable images: from the cache for a frozen
     encoder; computed afresh (in a throwaway cache) for one being fine-tuned,
-    whose features change every epoch. ``mirror_average``: see :meth:`FeatureCache.get`."""
+    whose features change every epoch. ``mirror_average``, ``mirrored``: see :meth:`FeatureCache.get`."""
     if encoder.trainable():
         with tempfile.TemporaryDirectory() as tmp:
             fs = FeatureCache(tmp).get(dataset, split, items, encoder, device=device, progress=progress,
-                                       mirror_average=mirror_average)
+                                       mirror_average=mirror_average, mirrored=mirrored)
             # Copied out of the memory map: the folder is gone when this returns.
             return FeatureSet(fs.items, np.array(fs.pooled), np.array(fs.spatial), fs.skipped)
-    return cache.get(dataset, split, items, encoder, device=device, progress=progress, mirror_average=mirror_average)
+    return cache.get(dataset, split, items, encoder, device=device, progress=progress, mirror_average=mirror_average,
+                     mirrored=mirrored)
 
 
 def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
-              mirror_average: bool = False) -> str:
+              mirror_average: bool = False, mirrored: bool = False) -> str:
     h = hashlib.sha256()
-    # mirror_average is named only when set, so plain features keep the keys they always had.
+    # The mirror options are named only when set, so plain features keep the keys they always had.
     h.update(json.dumps({"format": CACHE_FORMAT, "dataset": dataset, "split": split,
                          "encoder": encoder.name, "weights": encoder.weights_id,
                          "preprocessing": encoder.preprocessing.key(),
-                         **({"mirror_average": True} if mirror_average else {})}).encode())
+                         **({"mirror_average": True} if mirror_average else {}),
+                         **({"mirrored": True} if mirrored else {})}).encode())
     for item in items:
         h.update(f"{item.image_id}\t{os.path.abspath(item.path)}\n".encode())  # however the root was spelled
     return h.hexdigest()[:16]
@@ -283,24 +285,29 @@ class FeatureCache:
         self.root = root or default_cache_dir()
 
     def path(self, dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
-             mirror_average: bool = False) -> str:
-        name = (f"{dataset}-{split}-{encoder.name}{'-mirror' if mirror_average else ''}-"
-                f"{cache_key(dataset, split, items, encoder, mirror_average)}")
+             mirror_average: bool = False, mirrored: bool = False) -> str:
+        view = "-mirror" if mirror_average else "-mirrored" if mirrored else ""
+        name = f"{dataset}-{split}-{encoder.name}{view}-{cache_key(dataset, split, items, encoder, mirror_average, mirrored)}"
         return os.path.join(self.root, "features", name)
 
     def get(self, dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
             batch_size: int | None = None, num_workers: int | None = None, device: str = "cpu",
-            progress: bool = True, runtime: str = "auto", mirror_average: bool = False) -> FeatureSet:
+            progress: bool = True, runtime: str = "auto", mirror_average: bool = False,
+            mirrored: bool = False) -> FeatureSet:
         """The features of ``items``: read from the cache when the key matches,
         computed (and stored) otherwise (``batch_size``: see :func:`extraction_batch`;
         ``runtime``: what runs the encoder, see :func:`~showtell.onnx_encoder.inference_encoder`;
         ``mirror_average``: each photo's features averaged with its mirror image's,
-        :func:`~showtell.encoders.mirror_averaged`, cached apart from the plain ones)."""
-        folder = self.path(dataset, split, items, encoder, mirror_average)
+        :func:`~showtell.encoders.mirror_averaged`, cached apart from the plain ones;
+        ``mirrored``: the features of each photo's mirror image alone, for training
+        with mirrored photos, :attr:`~showtell.config.TrainConfig.mirror_augment`)."""
+        if mirror_average and mirrored:
+            raise ValueError("mirror_average and mirrored are two different features: ask for one")
+        folder = self.path(dataset, split, items, encoder, mirror_average, mirrored)
         if not os.path.isfile(os.path.join(folder, "meta.json")):
+            view = " (mirror-averaged)" if mirror_average else " (mirrored)" if mirrored else ""
             self._build(folder, items, encoder, batch_size, num_workers, device, progress, runtime,
-                        desc=f"features {dataset}/{split}{' (mirror-averaged)' if mirror_average else ''}",
-                        mirror_average=mirror_average)
+                        desc=f"features {dataset}/{split}{view}", mirror_average=mirror_average, mirrored=mirrored)
         feats = self._open(folder, items)
         warn_skipped(feats.skipped, len(items), f"{dataset}/{split}")
         return feats
@@ -316,7 +323,7 @@ class FeatureCache:
         return FeatureSet(kept, pooled, spatial, [tuple(s) for s in meta["skipped"]])
 
     def _build(self, folder, items, encoder, batch_size, num_workers, device, progress, runtime, desc,
-               mirror_average=False):
+               mirror_average=False, mirrored=False):
         os.makedirs(os.path.dirname(folder), exist_ok=True)
         remove_stale_temporaries(os.path.dirname(folder))  # builds of killed processes
         tmp = f"{folder}.tmp-{os.getpid()}"
@@ -346,6 +353,8 @@ class FeatureCache:
                 failed += [(items[i].image_id, err) for i, err in bad]
                 if len(idx):
                     x = images.to(device, non_blocking=True)
+                    if mirrored:
+                        x = x.flip(-1)  # (B, 3, H, W) left to right
                     if not onnx:  # PyTorch's convolutions want channels-last; ONNX Runtime reads NCHW as it comes
                         x = x.contiguous(memory_format=torch.channels_last)
                     out = mirror_averaged(fast, x) if mirror_average else fast(x)  # pooled (B, C), spatial (B, P, C)
@@ -376,6 +385,7 @@ class FeatureCache:
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
             json.dump({"format": CACHE_FORMAT, "image_ids": ok_ids, "skipped": failed,
                        "encoder": encoder.name, "weights": encoder.weights_id,
-                       "preprocessing": encoder.preprocessing.key(), "mirror_average": mirror_average}, f)
+                       "preprocessing": encoder.preprocessing.key(), "mirror_average": mirror_average,
+                       **({"mirrored": True} if mirrored else {})}, f)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)

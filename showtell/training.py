@@ -162,14 +162,14 @@ class _EpochRows(Dataset):
     """Batch ``b`` of an epoch, read when asked: feature rows straight from the
     memory-mapped cache (never the whole split in memory), or images."""
 
-    def __init__(self, batches: list[torch.Tensor], source: "BatchSource"):
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor | None]], source: "BatchSource"):
         self.batches, self.source = batches, source
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, b: int) -> Batch:
-        return self.source.make_batch(self.batches[b])
+        return self.source.make_batch(*self.batches[b])
 
 
 class BatchSource:
@@ -179,12 +179,20 @@ class BatchSource:
     batches are images (each with all its references). Either way the order is
     a pure function of (seed, epoch), so a resumed run sees the same batches.
     ``weights``: (number of images, sampling weight) of each dataset, in the
-    order their items follow one another in ``items`` (None: one dataset)."""
+    order their items follow one another in ``items`` (None: one dataset).
+    ``mirrored``: the features of the same photos' mirror images, which a row
+    reads instead with probability ``mirror_augment`` (drawn per epoch from the seed)."""
 
     def __init__(self, model: CaptionModel, items: list[ImageCaptions], features: FeatureSet | None,
                  per_image: bool, max_caption_len: int, batch_size: int, seed: int, device: torch.device,
-                 dist: Distributed = Distributed(), weights: list[tuple[int, float]] | None = None):
+                 dist: Distributed = Distributed(), weights: list[tuple[int, float]] | None = None,
+                 mirror_augment: float = 0.0, mirrored: FeatureSet | None = None):
         self.items, self.per_image = items, per_image
+        self.mirror_augment = mirror_augment
+        if mirror_augment and features is not None:
+            if mirrored is None or [it.image_id for it in mirrored.items] != [it.image_id for it in features.items]:
+                raise ValueError("mirror_augment needs the mirrored features of the same photos")
+        self.mirror_feats = None if mirrored is None else mirrored.for_decoder(model.feature_kind)
         self.batch_size, self.seed, self.device, self.dist = batch_size, seed, device, dist
         self.fine_tune = features is None
         self.feats = None if features is None else features.for_decoder(model.feature_kind)  # rows read from disk
@@ -212,7 +220,16 @@ class BatchSource:
     def epoch(self, epoch: int) -> list[torch.Tensor]:
         return epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.groups)
 
-    def make_batch(self, rows: torch.Tensor) -> Batch:
+    def mirror_flags(self, epoch: int, batches: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """For each batch of ``epoch``, which rows read their photo mirrored:
+        a function of (seed, epoch) alone, like the batches."""
+        if not self.mirror_augment:
+            return [None] * len(batches)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 1_000_000_007)
+        return [torch.rand(len(b), generator=g) < self.mirror_augment for b in batches]
+
+    def make_batch(self, rows: torch.Tensor, mirror: torch.Tensor | None = None) -> Batch:
+        """The batch of ``rows``; ``mirror`` (bool per row) picks rows whose photo is read mirrored."""
         images_of_rows = rows if self.per_image else self.image_of[rows]
         batch = Batch(size=len(rows))
         if self.fine_tune:
@@ -222,10 +239,18 @@ class BatchSource:
             batch.skipped = len(failed)
             rows, images_of_rows = rows[keep], images_of_rows[keep]
             batch.size = len(rows)
+            if mirror is not None and len(keep) and mirror[keep].any():
+                flip = mirror[keep]
+                batch.images[flip] = batch.images[flip].flip(-1)  # (b, 3, H, W) left to right
         else:
             # Read each needed image's row once, in file order.
             unique, inverse = np.unique(images_of_rows.numpy(), return_inverse=True)
             batch.features = torch.from_numpy(np.asarray(self.feats[unique], dtype=np.float32))[inverse]
+            if mirror is not None and mirror.any():
+                flip = mirror.numpy()
+                unique, inverse = np.unique(images_of_rows.numpy()[flip], return_inverse=True)
+                batch.features[torch.from_numpy(flip)] = torch.from_numpy(
+                    np.asarray(self.mirror_feats[unique], dtype=np.float32))[inverse]
         if self.per_image:
             batch.image_index = images_of_rows
         else:
@@ -236,7 +261,10 @@ class BatchSource:
         """This rank's share of the batches of ``epoch`` from batch ``start``
         on, prefetched by DataLoader workers where it pays (images, or a GPU
         to keep busy)."""
-        rows = _EpochRows([self.dist.share(b) for b in self.epoch(epoch)[start:]], self)
+        batches = self.epoch(epoch)
+        flags = self.mirror_flags(epoch, batches)
+        rows = _EpochRows([(self.dist.share(b), None if f is None else self.dist.share(f))
+                           for b, f in zip(batches[start:], flags[start:])], self)
         workers = loader_workers() if (self.fine_tune or self.device.type == "cuda") else 0
         return iter(DataLoader(rows, batch_size=None, shuffle=False, num_workers=workers,
                                pin_memory=self.device.type == "cuda", generator=torch.Generator(),
@@ -572,24 +600,33 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
         val_items = [items[:cfg.val_max_images] for items in val_items]
     cache = FeatureCache(cache_dir)
     fine_tune = model.encoder.trainable()
-    features_of = lambda s, split, items, show: split_features(model.encoder, s.name, split, items, cache,
-                                                               device=device, progress=show)
+    features_of = lambda s, split, items, show, mirrored=False: split_features(
+        model.encoder, s.name, split, items, cache, device=device, progress=show, mirrored=mirrored)
     val_features = lambda: [features_of(s, data_cfg.val_split, items, progress and not fine_tune)
                             for s, items in zip(sources, val_items)]
+    train_features = lambda show, mirrored=False: [features_of(s, data_cfg.train_split, items, show, mirrored)
+                                                   for s, items in zip(sources, train_items)]
+    join = lambda sets: sets[0] if len(sets) == 1 else FeatureSet(
+        [it for fs in sets for it in fs.items], ConcatRows([fs.pooled for fs in sets]),
+        ConcatRows([fs.spatial for fs in sets]), [x for fs in sets for x in fs.skipped])
+    mirrored = None
     if fine_tune:
         parts, kept = train_items, [it for items in train_items for it in items]  # unreadable: dropped per batch
         train_feats = None
     else:
-        # Rank 0 builds the cache (train and val) while the others wait, then they read it.
+        # Rank 0 builds the cache (train, its mirror images for mirror_augment, and val)
+        # while the others wait, then they read it.
         if dist.is_main:
-            parts = [features_of(s, data_cfg.train_split, items, progress) for s, items in zip(sources, train_items)]
+            parts = train_features(progress)
+            if cfg.mirror_augment:
+                mirrored = join(train_features(progress, mirrored=True))
             val_features()
         dist.barrier()
         if not dist.is_main:
-            parts = [features_of(s, data_cfg.train_split, items, False) for s, items in zip(sources, train_items)]
-        train_feats = parts[0] if len(parts) == 1 else FeatureSet(
-            [it for fs in parts for it in fs.items], ConcatRows([fs.pooled for fs in parts]),
-            ConcatRows([fs.spatial for fs in parts]), [x for fs in parts for x in fs.skipped])
+            parts = train_features(False)
+            if cfg.mirror_augment:
+                mirrored = join(train_features(False, mirrored=True))
+        train_feats = join(parts)
         parts = [fs.items for fs in parts]
         kept = train_feats.items
     # CIDEr-D with each dataset's own document frequencies, for validation and self-critical rewards.
@@ -598,7 +635,8 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
     weights = [(len(items), s.weight) for s, items in zip(sources, parts)]
     source = BatchSource(model, kept, train_feats, per_image=cfg.objective == "scst",
                          max_caption_len=data_cfg.max_caption_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                         device=device, dist=dist, weights=weights if len(sources) > 1 else None)
+                         device=device, dist=dist, weights=weights if len(sources) > 1 else None,
+                         mirror_augment=cfg.mirror_augment, mirrored=mirrored)
     if run.resumed is None:
         unit = "images" if cfg.objective == "scst" else "captions"
         ranks = f" on {dist.world} processes" if dist.active else ""

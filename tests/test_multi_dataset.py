@@ -12,7 +12,7 @@ import torch
 from showtell.checkpoint import load_checkpoint
 from showtell.cli import get_train_parser, _config_from_args
 from showtell.config import DataConfig, DatasetSpec, ModelConfig, TrainConfig, parse_dataset_spec
-from showtell.datasets import DatasetError, read_karpathy, resolve_sources
+from showtell.datasets import DatasetError, ImageCaptions, resolve_sources
 from showtell.features import ConcatRows
 from showtell.metrics import CiderD
 from showtell.text import tokenize
@@ -169,3 +169,51 @@ def test_two_datasets_train_together_with_one_vocabulary_and_resume_exactly(flic
     assert timeless(resumed["history"]) == timeless(summary["history"])
     again = load_checkpoint(str(tmp_path / "killed" / "best.pt"))
     assert all(torch.equal(again["decoder"][k], best["decoder"][k]) for k in best["decoder"])
+
+
+def test_mirror_augment_reads_the_mirror_images_features_for_the_drawn_rows():
+    from types import SimpleNamespace
+
+    from showtell.features import FeatureSet
+    from showtell.text import Vocabulary
+    from showtell.training import BatchSource
+
+    items = [ImageCaptions(str(i), f"{i}.jpg", (f"a dog number {i}", "a dog")) for i in range(6)]
+    vocab = Vocabulary.build([tokenize(c) for it in items for c in it.captions], min_count=1)
+    model = SimpleNamespace(vocab=vocab, feature_kind="pooled", preprocessing=None)
+    plain = FeatureSet(items, np.arange(6, dtype=np.float32)[:, None].repeat(4, 1), np.zeros((6, 1, 4)), [])
+    mirror = FeatureSet(items, -plain.pooled - 100, np.zeros((6, 1, 4)), [])
+    source = lambda p: BatchSource(model, items, plain, per_image=False, max_caption_len=8, batch_size=4, seed=1,
+                                   device=torch.device("cpu"), mirror_augment=p, mirrored=mirror)
+    half = source(0.5)
+    flags = half.mirror_flags(0, half.epoch(0))
+    assert [torch.equal(a, b) for a, b in zip(flags, half.mirror_flags(0, half.epoch(0)))] == [True] * len(flags)
+    drawn = torch.cat(flags)
+    assert 0 < drawn.sum() < len(drawn)  # 12 rows at p = 0.5: some of each
+    for rows, flip in zip(half.epoch(0), flags):
+        feats = half.make_batch(rows, flip).features[:, 0]
+        images = half.image_of[rows].float()
+        assert torch.equal(feats, torch.where(flip, -images - 100, images))
+    with pytest.raises(ValueError, match="mirrored features"):
+        BatchSource(model, items, plain, per_image=False, max_caption_len=8, batch_size=4, seed=1,
+                    device=torch.device("cpu"), mirror_augment=0.5, mirrored=None)
+
+
+def test_mirrored_cache_holds_the_flipped_photos_features(flickr8k_root, tmp_path):
+    from showtell.datasets import read_flickr8k
+    from showtell.encoders import build_encoder
+    from showtell.features import FeatureCache
+    from showtell.images import load_image
+
+    items = read_flickr8k(flickr8k_root, "val")[:2]
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", weights=None).eval()
+    cache = FeatureCache(str(tmp_path / "c"))
+    mirrored = cache.get("x", "val", items, enc, num_workers=0, progress=False, mirrored=True, runtime="torch")
+    plain = cache.get("x", "val", items, enc, num_workers=0, progress=False, runtime="torch")
+    assert len(os.listdir(os.path.join(str(tmp_path / "c"), "features"))) == 2  # cached apart
+    x = torch.stack([enc.preprocessing(load_image(it.path)) for it in items])
+    with torch.inference_mode():
+        want = enc(x.flip(-1)).pooled.numpy()
+    assert np.allclose(np.asarray(mirrored.pooled), want, atol=1e-4)
+    assert not np.allclose(np.asarray(plain.pooled), want, atol=1e-4)

@@ -23,6 +23,7 @@ from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .inference import InferenceEncoder
 from .model import CaptionModel, Captions
+
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
 # Guided captioning's default: a caption must name an ImageNet tag whose summed
 # probability is at least this. Measured with benchmarks/bench_guidance.py

@@ -34,8 +34,9 @@ class DecodeOptions:
     block_repeat_words: bool = True  # never the same word twice in a row
     ban_unk: bool = True  # an <unk> caption is never preferred
     # Guided captioning (showtell.guidance): the caption must name the encoder's
-    # ImageNet tag when its probability is at least this; None = unguided. Read by
-    # the callers that compute tags (Captioner); beam_search itself ignores it.
+    # ImageNet tag when its probability is at least this; None = unguided.
+    # CaptionModel.caption, which reads the tags, turns them into the constraints
+    # that the search enforces (the search itself is given constraints, not tags).
     guidance_threshold: float | None = None
 
     def __post_init__(self):

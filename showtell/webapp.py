@@ -601,5 +601,5 @@ def _blank():
     return buf.getvalue()
 
 
-__all__ = ["build_demo", "caption_image", "page_outputs", "attention_gallery", "model_card", "launch", "warm_up", "free_port",
-           "threads_per_request", "parse_size", "body_limit", "cap_log_lines"]
+__all__ = ["build_demo", "caption_image", "page_outputs", "PAGE_OUTPUTS", "attention_gallery", "model_card",
+           "launch", "warm_up", "free_port", "threads_per_request", "parse_size", "body_limit", "cap_log_lines"]

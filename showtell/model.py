@@ -136,7 +136,7 @@ class CaptionModel(nn.Module):
         # step, so halving them is where a CPU's speed is (README: precision).
         with autocast(features.device, precision):
             found = self.generate(features, opts, required if guided else None)
-        maps = [self._attention(features[i:i + 1], hyps[0]) if attention else None
+        maps = [self._attention(features[i:i + 1], hyps[0]) if attention and hyps else None
                 for i, hyps in enumerate(found)]
         return [Captions(hyps, t, r, a) for hyps, t, r, a in zip(found, tags, required, maps)]
 

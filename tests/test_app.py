@@ -197,7 +197,8 @@ def test_page_outputs_come_from_one_caption_of_the_photo(captioner, bad_files, m
     assert shown.keys() == PAGE_OUTPUTS.keys() and shown["message"] == ""
     out = caption_image(captioner, str(PHOTO), 3, 2)
     assert shown["best"] == out["caption"] and out["captions"][1]["caption"] in shown["nbest"]
-    assert [label for _, label in shown["attention"]] == [label for _, label in attention_gallery(captioner, str(PHOTO), 3)]
+    gallery = attention_gallery(captioner, str(PHOTO), 3)
+    assert [label for _, label in shown["attention"]] == [label for _, label in gallery]
     assert " s on the server" in shown["timing"]
     # a problem: the message, and every other output empty
     bad = page_outputs(captioner, str(bad_files["text"]), 3, 2)

@@ -12,6 +12,8 @@ features are averaged with its mirror image's.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .decoding import autocast
@@ -58,16 +60,22 @@ class InferenceEncoder:
                              "use runtime 'torch' or 'auto' with a reduced precision")
         if runtime == "auto" and precision != "float32":
             runtime = "torch"
-        # The folded copy (batch norm in the convolutions) is PyTorch's forward
-        # pass, and what the ImageNet head and ONNX Runtime's export start from.
-        folded = encoder.for_inference()
         # raises for an unknown runtime, or "onnxruntime" where it cannot run (before touching the device)
-        self._onnx = onnx_runtime_encoder(folded, self.device, runtime, spin)
-        self.module = folded.to(self.device)
+        self._onnx = onnx_runtime_encoder(encoder, self.device, runtime, spin)
+        self._encoder = encoder
         self.runtime = "torch" if self._onnx is None else "onnxruntime"
         self.precision = precision
         self.mirror_average = mirror_average
         self.batch_size = batch_size or encoder_batch(self.device.type == "cuda", self._onnx is not None)
+
+    @functools.cached_property
+    def module(self) -> ImageEncoder:
+        """The encoder's folded copy (batch norm in the convolutions) on the
+        device: PyTorch's forward pass, and the ImageNet head's (made when first
+        asked for: a cache built by ONNX Runtime never needs it)."""
+        module = self._encoder.for_inference().to(self.device)
+        self._encoder = None  # only the folded copy is kept
+        return module
 
     def _forward(self, x: torch.Tensor) -> EncoderOutput:
         if self._onnx is not None:  # ONNX Runtime reads NCHW as it comes

@@ -11,21 +11,19 @@ import copy
 import os
 import threading
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .decoding import DecodeOptions, autocast, resolve_precision
-from .encoders import EncoderOutput, mirror_averaged
+from .decoding import DecodeOptions, Hypothesis, resolve_precision
+from .encoders import EncoderOutput
 from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, load_image
-from .model import CaptionModel
-from .onnx_encoder import ONNX_CPU_BATCH, OnnxEncoder, onnx_runtime_encoder
+from .inference import InferenceEncoder
+from .model import CaptionModel, Captions
 
-ENCODER_CPU_BATCH = 8  # photos per PyTorch encoder call on a CPU
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
 # Guided captioning's default: a caption must name an ImageNet tag whose summed
 # probability is at least this. Measured with benchmarks/bench_guidance.py
@@ -75,6 +73,7 @@ class Description:
     required: tuple[tuple[str, ...], ...]  # the word sets that guided the caption; () when none was confident
     satisfied: bool  # the caption holds one word of each required set
     captions: tuple[ScoredCaption, ...]  # the n best (the first is ``text``)
+    explanation: Explanation | None = None  # where the model looked for each word, when asked for
 
 
 def _is_single(images: Any) -> bool:
@@ -101,11 +100,15 @@ class Captioner:
         # vocabulary size, encoder weights and any stored val/test scores.
         self.card = {k: ckpt[k] for k in CARD_KEYS if k in ckpt}
         self.card["vocab_size"] = len(ckpt["vocab"])
-        # Keep only the fast copy (batch norm folded): the original would be dead weight.
-        self.encoder = self.model.encoder = self.model.encoder.for_inference().to(self.device)
-        self.runtime, self._onnx = self._encoder_runtime(runtime)
-        # Each photo's features averaged with its mirror image's (encoders.mirror_averaged).
+        # What runs the encoder (runtime, batch, precision, mirror averaging: the
+        # feature cache's runner too). ONNX Runtime's idle threads must not spin:
+        # between photos the decoder needs the cores.
+        self.inference_encoder = InferenceEncoder(self.model.encoder, self.device, runtime, self.precision,
+                                                  mirror_average=mirror_average, spin=False)
+        self.runtime = self.inference_encoder.runtime
         self.mirror_average = mirror_average
+        # Keep only the fast copy (batch norm folded): the original would be dead weight.
+        self.encoder = self.model.encoder = self.inference_encoder.module
         self.vocab = self.model.vocab
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size
@@ -114,21 +117,6 @@ class Captioner:
         if self.precision == "float32":
             with torch.no_grad():  # make the fused inference steps now, not on the first photo
                 self.model.decoder.decoding_steps()
-
-    def _encoder_runtime(self, runtime: str) -> tuple[str, OnnxEncoder | None]:
-        """What runs the encoder: ONNX Runtime on a CPU in float32 when installed
-        (``"auto"``; the forward pass of EfficientNet-Lite0 takes about half
-        PyTorch's time there, and exporting it adds about 0.5 s to loading),
-        else PyTorch. A reduced ``precision`` is PyTorch's autocast, so it keeps
-        the encoder in PyTorch."""
-        if runtime == "onnxruntime" and self.precision != "float32":
-            raise ValueError(f"the onnxruntime runtime runs the encoder in float32, not {self.precision}; "
-                             "use runtime 'torch' or 'auto' with a reduced precision")
-        if runtime == "auto" and self.precision != "float32":
-            runtime = "torch"
-        # raises for an unknown runtime, or "onnxruntime" where it cannot run
-        fast = onnx_runtime_encoder(self.encoder, self.device, runtime, spin=False)
-        return ("torch", None) if fast is None else ("onnxruntime", fast)
 
     def options(self, guided: bool | None = None, **overrides) -> DecodeOptions:
         """Decoding options: the defaults with ``overrides`` applied (validated).
@@ -149,54 +137,29 @@ class Captioner:
                 overrides["guidance_threshold"] = self.defaults.guidance_threshold or GUIDANCE_THRESHOLD
         return replace(self.defaults, **overrides)
 
-    def _has_tags(self) -> bool:
-        return getattr(self.encoder, "classifier", None) is not None
+    def _scored(self, h: Hypothesis, found: Captions) -> ScoredCaption:
+        words = tuple(tuple(self.vocab.words[w] for w in c) for c in found.constraints)
+        return ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score, tuple(found.tags), words,
+                             found.meets(h))
 
-    def _guided(self, enc: EncoderOutput, opts: DecodeOptions):
-        """Each image's word tags, its constraints (word-id sets) and n-best hypotheses."""
-        tags = self.model.word_tags(enc.pooled) if self._has_tags() else [[] for _ in range(len(enc.pooled))]
-        required = self.model.constraints(tags, opts.guidance_threshold)
-        # In float32 (the default) this is exact; a reduced precision runs the
-        # decoder in it too: the LSTM's weights are read from memory at every
-        # step, so halving them is where a CPU's speed is (README: precision).
-        with autocast(self.device, self.precision):
-            return tags, required, self.model.generate(enc.for_decoder(self.model.feature_kind), opts, required)
-
-    def _scored(self, h, tags, constraints) -> ScoredCaption:
-        words = tuple(tuple(self.vocab.words[w] for w in c) for c in constraints)
-        return ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score, tuple(tags), words,
-                             all(set(c) & set(h.tokens) for c in constraints))
+    def _caption(self, enc: EncoderOutput, opts: DecodeOptions, attention: bool = False) -> list[Captions]:
+        return self.model.caption(enc.for_decoder(self.model.feature_kind), opts, enc.pooled, attention=attention,
+                                  precision=self.precision)
 
     def captions_of_features(self, enc: EncoderOutput, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions of encoded images, guided by their ImageNet tags when
         ``opts.guidance_threshold`` is set; each caption carries the tags."""
-        tags, required, hyps = self._guided(enc, opts)
-        return [[self._scored(h, t, c) for h in per_image] for per_image, t, c in zip(hyps, tags, required)]
+        return [[self._scored(h, found) for h in found.hypotheses] for found in self._caption(enc, opts)]
 
     @torch.inference_mode()
     def caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions for a batch of preprocessed images (B, 3, H, W)."""
         return self.captions_of_features(self.encode(pixels), opts)
 
-    @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> EncoderOutput:
-        """Encoder features of preprocessed images in ``self.precision``,
-        returned as float32."""
-        x = pixels.to(self.device)
-        if self._onnx is not None:  # ONNX Runtime reads NCHW as it comes
-            step, run = ONNX_CPU_BATCH, self._onnx
-        else:
-            # On a CPU the encoder runs fastest in small batches (they stay in cache:
-            # ~7 ms/photo at 1-8 photos against ~17 at 32); beam search gains from big ones.
-            x = x.contiguous(memory_format=torch.channels_last)
-            step = ENCODER_CPU_BATCH if self.device.type == "cpu" else len(x)
-            run = self.model.encode_all
-        if self.mirror_average:
-            run = partial(mirror_averaged, run)
-        with autocast(self.device, self.precision):
-            parts = [run(x[i:i + step]) for i in range(0, len(x), step)]
-        return EncoderOutput(torch.cat([p.pooled for p in parts]).float(),
-                             torch.cat([p.spatial for p in parts]).float(), parts[0].grid)
+        """Encoder features of preprocessed images (B, 3, H, W) in
+        ``self.precision``, returned as float32 (:class:`InferenceEncoder`)."""
+        return self.inference_encoder(pixels)
 
     @torch.inference_mode()
     def explain(self, image: Any, **options) -> Explanation:
@@ -204,41 +167,39 @@ class Captioner:
         (h, w) over the encoder's grid that the decoder read while choosing it
         (Show, Attend and Tell's soft attention). A decoder without attention
         (NIC) raises ValueError."""
-        if not self.model.decoder.has_attention:
+        return self.describe(image, attention=True, **options).explanation
+
+    @torch.inference_mode()
+    def describe(self, image: Any, attention: bool = False, **options) -> Description:
+        """One photo's best caption with what a page needs beside it: its
+        log-probability, score and length (a confidence signal's inputs), the
+        ImageNet tags and classes, and the words that guided it; with
+        ``attention``, also where the model looked for each word
+        (``explanation``, as :meth:`explain` gives it), from the same search.
+        Options as for :meth:`__call__` (``guided=False``, ``guidance_threshold``,
+        ``n_best``...). Raises :class:`ImageError` for an image that cannot be
+        read, and ValueError for ``attention`` with a decoder that has none."""
+        if attention and not self.model.decoder.has_attention:
             raise ValueError(f"this model's decoder ({self.model.cfg.decoder}) has no attention to show; "
                              "explain() needs a show_attend_tell model")
         opts = self.options(**options)
         enc = self.encode(self.pixels(image).unsqueeze(0))
-        feats = enc.for_decoder(self.model.feature_kind)
-        tags, required, hyps = self._guided(enc, opts)
-        best = hyps[0][0]
-        best_caption = self._scored(best, tags[0], required[0])
-        # Teacher-forcing the chosen caption replays the decoder's steps (eval
-        # mode: no dropout; beam search's fused steps equal them to float
-        # rounding) and returns the attention behind each word.
-        v = self.vocab
-        ids = torch.tensor([[v.start_id] + best.tokens + [v.end_id]], device=self.device)
-        _, alphas = self.model(feats, ids, return_attention=True)  # (1, T+1, P)
-        words = v.decode(best.tokens)
-        h, w = enc.grid
-        attention = alphas[0, :len(words)].float().reshape(len(words), h, w).cpu().numpy()
-        return Explanation(" ".join(words), words, attention, best.logprob, best.score, best_caption.tags,
-                           best_caption.required, best_caption.satisfied)
-
-    @torch.inference_mode()
-    def describe(self, image: Any, **options) -> Description:
-        """One photo's best caption with what a page needs beside it: its
-        log-probability, score and length (a confidence signal's inputs), the
-        ImageNet tags and classes, and the words that guided it. Options as for
-        :meth:`__call__` (``guided=False``, ``guidance_threshold``, ``n_best``...).
-        Raises :class:`ImageError` for an image that cannot be read."""
-        opts = self.options(**options)
-        enc = self.encode(self.pixels(image).unsqueeze(0))
-        caps = self.captions_of_features(enc, opts)[0]
-        classes = self.model.class_tags(enc.pooled)[0] if self._has_tags() else []
+        (found,) = self._caption(enc, opts, attention)
+        caps = [self._scored(h, found) for h in found.hypotheses]
+        classes = self.model.class_tags(enc.pooled)[0] if self._has_head() else []
         best = caps[0]
+        explanation = None
+        if attention:
+            h, w = enc.grid
+            words = best.text.split()
+            maps = found.attention[:len(words)].reshape(len(words), h, w).cpu().numpy()
+            explanation = Explanation(best.text, words, maps, best.logprob, best.score, best.tags, best.required,
+                                      best.satisfied)
         return Description(best.text, best.logprob, best.score, len(best.text.split()), best.tags, tuple(classes),
-                           best.required, best.satisfied, tuple(caps))
+                           best.required, best.satisfied, tuple(caps), explanation)
+
+    def _has_head(self) -> bool:
+        return getattr(self.encoder, "classifier", None) is not None
 
     def pixels(self, image: Any) -> torch.Tensor:
         """One image (path, bytes, PIL.Image or numpy array) as the encoder's

@@ -4,13 +4,16 @@ Both carry the decoder state step to step (the prefix is never re-run) and
 work on a whole batch of images at once: in beam search every image's k
 hypotheses are rows of one (B*k, ...) batch, with no Python loop over images
 or hypotheses. Both apply the same constraints (:func:`constrain`), so beam
-search with ``beam_size=1`` is exactly greedy decoding.
+search with ``beam_size=1`` is exactly greedy decoding. Beam search is one
+loop (:func:`search`): plain search is the one-state case of constrained
+beam search (:mod:`showtell.constrained`), whose captions must hold given words.
 """
 from __future__ import annotations
 
 import contextlib
 import threading
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -31,8 +34,9 @@ class DecodeOptions:
     block_repeat_words: bool = True  # never the same word twice in a row
     ban_unk: bool = True  # an <unk> caption is never preferred
     # Guided captioning (showtell.guidance): the caption must name the encoder's
-    # ImageNet tag when its probability is at least this; None = unguided. Read by
-    # the callers that compute tags (Captioner); beam_search itself ignores it.
+    # ImageNet tag when its probability is at least this; None = unguided.
+    # CaptionModel.caption, which reads the tags, turns them into the constraints
+    # that the search enforces (the search itself is given constraints, not tags).
     guidance_threshold: float | None = None
 
     def __post_init__(self):
@@ -135,68 +139,149 @@ def greedy_decode(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: 
     return out
 
 
+# Constrained beam search's limit: 2**3 = 8 beams per image is already 8x the work of plain beam search.
+MAX_CONSTRAINTS = 3
+
+Constraint = Sequence[int]  # a disjunctive set of word ids: the caption must contain one of them
+
+
 @torch.no_grad()
 def beam_search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, start_id: int,
-                unk_id: int) -> list[list[Hypothesis]]:
-    """The ``opts.n_best`` best captions of each image, best first, by beam search."""
+                unk_id: int, constraints: Sequence[Sequence[Constraint]] | None = None) -> list[list[Hypothesis]]:
+    """The ``opts.n_best`` best captions of each image, best first, by beam
+    search; with ``constraints[i]`` (image i's constraint sets, possibly none),
+    only captions holding a word of each set, as :func:`search` finds them."""
+    return [hyps for hyps, _ in search(decoder, features, opts, end_id, start_id, unk_id, constraints)]
+
+
+@torch.no_grad()
+def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, start_id: int, unk_id: int,
+           constraints: Sequence[Sequence[Constraint]] | None = None) -> list[tuple[list[Hypothesis], bool]]:
+    """Beam search, plain or constrained, in one loop: each image's n best
+    hypotheses and whether they meet its constraints (False only when no
+    caption meeting them finished within ``max_len``: they are then the best
+    ones found regardless of the constraints).
+
+    Constrained beam search (Anderson et al., :mod:`showtell.constrained`)
+    tracks which of an image's c constraints a hypothesis has met as a
+    bitmask: S = 2**c states, each with its own beam of k hypotheses; a word
+    moves a hypothesis from state s to ``s | bits(word)``, and only the state
+    with every bit set finishes captions. Plain beam search is the one-state
+    case (c = 0): every image starts in the final state. An image with fewer
+    constraints than the batch's most starts with the missing bits set, so
+    its beam is exactly what it would be alone. The k hypotheses of every
+    state of every image are rows of one (B*S*k, ...) batch, with no Python
+    loop over images, states or hypotheses."""
     b, k, dev = features.size(0), opts.beam_size, features.device
-    state = tuple(s.repeat_interleave(k, dim=0) for s in decoder.init_state(features))  # (B*k, ...)
-    tokens = torch.full((b * k,), start_id, dtype=torch.long, device=dev)
-    seqs = torch.empty((b * k, 0), dtype=torch.long, device=dev)
-    scores = torch.full((b, k), NEG_INF, device=dev)
-    scores[:, 0] = 0.0  # all k beams start identical: expand only the first
-    base = (torch.arange(b, device=dev) * k).unsqueeze(1)  # (B, 1) first row of each image
-    fin_tokens, fin_logprob, fin_score = [], [], []  # per step: (B, k, t), (B, k), (B, k)
+    if constraints is not None and len(constraints) != b:
+        raise ValueError(f"got constraints for {len(constraints)} images but features for {b}")
+    c = max((len(per) for per in constraints or ()), default=0)
+    if c > MAX_CONSTRAINTS:
+        raise ValueError(f"at most {MAX_CONSTRAINTS} constraints per image, got {c}")
+    n_states = 1 << c
+    final = n_states - 1
+    state = tuple(s.repeat_interleave(n_states * k, dim=0) for s in decoder.init_state(features))  # (B*S*k, ...)
+    tokens = torch.full((b * n_states * k,), start_id, dtype=torch.long, device=dev)
+    seqs = torch.empty((b * n_states * k, 0), dtype=torch.long, device=dev)
+    word_bits = None
+    scores = torch.full((b, n_states, k), NEG_INF, device=dev)
+    if c == 0:
+        scores[:, 0, 0] = 0.0  # all k beams start identical: expand only the first
+    states = torch.arange(n_states, device=dev)
+    base = (torch.arange(b, device=dev) * n_states * k).view(b, 1, 1)  # first row of each image
+    fin_tokens, fin_logprob, fin_score = [], [], []  # per step: (B, S, k, t), (B, S, k), (B, S, k)
     n_finished = torch.zeros(b, dtype=torch.long, device=dev)
+    capped = None
     for t in range(opts.max_len + 1):
         logits, state = decoder.step(tokens, state)
-        logp = constrain(logits.float().log_softmax(-1), seqs, opts, end_id, unk_id)  # (B*k, V)
+        logp = constrain(logits.float().log_softmax(-1), seqs, opts, end_id, unk_id)  # (B*S*k, V)
         v = logp.size(1)
-        cand = (scores.reshape(-1, 1) + logp).view(b, k * v)  # (B, k*V)
+        if c and word_bits is None:  # the vocabulary size is known once the decoder has spoken
+            word_bits, start_state = _word_bits(constraints, c, v, {end_id, start_id, unk_id}, dev)
+            scores[torch.arange(b, device=dev), start_state, 0] = 0.0  # expand one hypothesis of the start state
+        cand = scores.unsqueeze(-1) + logp.view(b, n_states, k, v)  # (B, S_src, k, V)
         if t == opts.max_len:
             # At the cap, each alive hypothesis either ends here or is cut without <end>.
-            end_lp = cand.view(b, k, v)[:, :, end_id]
+            end_lp = cand[..., end_id]  # (B, S, k)
             ended = torch.isfinite(end_lp)
             lp = torch.where(ended, end_lp, scores)
             length = torch.where(ended, t + 1, t).float()
-            fin_tokens.append(seqs.view(b, k, t))
+            fin_tokens.append(seqs.view(b, n_states, k, t))
             fin_logprob.append(torch.where(torch.isfinite(scores), lp, NEG_INF))
             fin_score.append(fin_logprob[-1] / length ** opts.length_penalty)
             capped = ~ended
             break
-        top_lp, top_idx = cand.topk(min(2 * k, k * v), dim=1)  # (B, 2k)
-        src_beam, word = top_idx // v, top_idx % v
+        if c:
+            # Where each candidate goes: (B, S_src, V) destination state, then each
+            # destination state's candidates from every source state, as one row.
+            dest = states.view(1, n_states, 1) | word_bits.unsqueeze(1)  # (B, S_src, V)
+            into = dest.unsqueeze(1) == states.view(1, n_states, 1, 1)  # (B, S_dst, S_src, V)
+            cand = torch.where(into.unsqueeze(3), cand.unsqueeze(1), NEG_INF)  # (B, S_dst, S_src, k, V)
+        cand = cand.view(b, n_states, n_states * k * v)  # one state: every candidate stays in it
+        top_lp, top_idx = cand.topk(min(2 * k, n_states * k * v), dim=2)  # (B, S, 2k)
+        src_hyp, word = top_idx // v, top_idx % v  # src_hyp = src_state * k + beam
         is_end = word == end_id
-        # Hypotheses ending among the k best candidates are finished.
-        fin_mask = is_end[:, :k] & torch.isfinite(top_lp[:, :k])
-        fin_lp = torch.where(fin_mask, top_lp[:, :k], NEG_INF)
-        fin_rows = (base + src_beam[:, :k]).view(-1)
-        fin_tokens.append(seqs[fin_rows].view(b, k, t))
+        # Hypotheses ending among a state's k best candidates are finished; only the
+        # final state's count as captions (the others are kept for the fallback).
+        fin_mask = is_end[..., :k] & torch.isfinite(top_lp[..., :k])
+        fin_lp = torch.where(fin_mask, top_lp[..., :k], NEG_INF)
+        fin_rows = (base + src_hyp[..., :k]).view(-1)
+        fin_tokens.append(seqs[fin_rows].view(b, n_states, k, t))
         fin_logprob.append(fin_lp)
         fin_score.append(fin_lp / float(t + 1) ** opts.length_penalty)
-        n_finished += fin_mask.sum(dim=1)
-        # The k best candidates that do not end carry on.
+        n_finished += fin_mask[:, final].sum(dim=1)
+        # Each state's k best candidates that do not end carry on.
         alive_lp = torch.where(is_end, NEG_INF, top_lp)
-        alive_lp, order = alive_lp.topk(k, dim=1)  # (B, k)
-        alive_lp = torch.where((n_finished >= k).unsqueeze(1), NEG_INF, alive_lp)  # image done
-        rows = (base + src_beam.gather(1, order)).view(-1)
-        tokens = word.gather(1, order).view(-1)
+        alive_lp, order = alive_lp.topk(k, dim=2)  # (B, S, k)
+        alive_lp = torch.where((n_finished >= k).view(b, 1, 1), NEG_INF, alive_lp)  # image done
+        rows = (base + src_hyp.gather(2, order)).view(-1)
+        tokens = word.gather(2, order).view(-1)
         seqs = torch.cat([seqs[rows], tokens.unsqueeze(1)], dim=1)
         state = decoder.reorder_state(state, rows)
         scores = alive_lp
         if not bool(torch.isfinite(scores).any()):
-            capped = None
             break
-    # Gather every finished hypothesis of every step and keep the n best per image.
-    width = max(x.size(2) for x in fin_tokens)
-    padded = [torch.nn.functional.pad(x, (0, width - x.size(2)), value=-1) for x in fin_tokens]
-    all_tokens = torch.cat(padded, dim=1)  # (B, S*k, width)
-    all_lp, all_score = torch.cat(fin_logprob, dim=1), torch.cat(fin_score, dim=1)
-    n_steps = len(fin_tokens)
+    # Every finished hypothesis of every step; per image the n best of the final
+    # state, or, where it has none, the n best of any state.
+    width = max(x.size(3) for x in fin_tokens)
+    padded = [torch.nn.functional.pad(x, (0, width - x.size(3)), value=-1) for x in fin_tokens]
+    all_tokens = torch.cat([x.flatten(1, 2) for x in padded], dim=1)  # (B, steps*S*k, width)
+    all_lp = torch.cat([x.flatten(1) for x in fin_logprob], dim=1)
+    all_score = torch.cat([x.flatten(1) for x in fin_score], dim=1)
     is_cut = torch.zeros_like(all_lp, dtype=torch.bool)
     if capped is not None:
-        is_cut[:, (n_steps - 1) * k:] = capped
-    return ranked_hypotheses(all_score, opts.n_best, all_tokens, all_lp, is_cut)
+        last = capped.flatten(1)
+        is_cut[:, -last.size(1):] = last
+    if c == 0:
+        ranked, satisfied = all_score, [True] * b
+    else:
+        is_final = (states == final).repeat_interleave(k).repeat(len(fin_tokens))  # (steps*S*k,)
+        met = torch.where(is_final, all_score, NEG_INF)
+        met_any = torch.isfinite(met).any(dim=1)  # (B,)
+        ranked = torch.where(met_any.unsqueeze(1), met, all_score)
+        satisfied = [bool(met_any[i]) or not constraints[i] for i in range(b)]
+    return list(zip(ranked_hypotheses(ranked, opts.n_best, all_tokens, all_lp, is_cut), satisfied))
+
+
+def _word_bits(constraints: Sequence[Sequence[Constraint]], n_constraints: int, vocab_size: int,
+               special: set[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) bitmask of the constraints each word meets, and (B,) each image's
+    start state: constraints an image does not have count as met from the start."""
+    bits = torch.zeros(len(constraints), vocab_size, dtype=torch.long)
+    start = torch.zeros(len(constraints), dtype=torch.long)
+    for i, per_image in enumerate(constraints):
+        for c, words in enumerate(per_image):
+            words = list(words)
+            if not words:
+                raise ValueError(f"image {i}: constraint {c} is an empty set of words")
+            for w in words:
+                if not 0 <= int(w) < vocab_size:
+                    raise ValueError(f"image {i}: constraint word id {w} is outside the vocabulary (size {vocab_size})")
+                if int(w) in special:
+                    raise ValueError(f"image {i}: constraint word id {w} is a special token (<start>, <end> or <unk>)")
+            bits[i, words] |= 1 << c
+        start[i] = sum(1 << c for c in range(len(per_image), n_constraints))
+    return bits.to(device), start.to(device)
 
 
 def ranked_hypotheses(rank_by: torch.Tensor, n_best: int, tokens: torch.Tensor, logprob: torch.Tensor,

@@ -28,21 +28,23 @@ def caption_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOpt
                      device: str | torch.device = "cpu", progress: bool = False,
                      pooled: np.ndarray | None = None) -> list[list[str]]:
     """Best caption (as words) for each row of decoder features (cached, so
-    possibly a float16 memory map), decoded in float32. With
+    possibly a float16 memory map), decoded in float32 by
+    :meth:`~showtell.model.CaptionModel.caption`, as caption() decodes. With
     ``opts.guidance_threshold`` set, ``pooled`` (the same rows' pooled features)
-    gives the ImageNet tags that guide them, as in caption()."""
+    gives the ImageNet tags that guide them."""
     guided = opts.guidance_threshold is not None
     if guided and pooled is None:
         raise ValueError("guided captions (opts.guidance_threshold) need the pooled features for their tags")
+
+    def rows(array, i):
+        return torch.from_numpy(np.array(array[i:i + batch_size], dtype=np.float32)).to(device)
+
     out = []
     with tqdm(total=len(features), desc="captioning", unit="img", disable=not progress, leave=False) as bar:
         for i in range(0, len(features), batch_size):
-            x = torch.from_numpy(np.array(features[i:i + batch_size], dtype=np.float32)).to(device)
-            constraints = None
-            if guided:
-                rows = torch.from_numpy(np.array(pooled[i:i + batch_size], dtype=np.float32)).to(device)
-                constraints = model.constraints(model.word_tags(rows), opts.guidance_threshold)
-            out += [model.vocab.decode(hyps[0].tokens) for hyps in model.generate(x, opts, constraints)]
+            x = rows(features, i)
+            found = model.caption(x, opts, rows(pooled, i) if guided else None)
+            out += [model.vocab.decode(f.hypotheses[0].tokens) for f in found]
             bar.update(len(x))
     return out
 

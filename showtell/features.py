@@ -24,10 +24,9 @@ from tqdm.auto import tqdm
 
 from .checkpoint import remove_stale_temporaries
 from .datasets import ImageCaptions
-from .decoding import exact_float32
-from .encoders import ImageEncoder, mirror_averaged
+from .encoders import ImageEncoder
 from .images import ImageError, load_image
-from .onnx_encoder import ONNX_CPU_BATCH, OnnxEncoder, inference_encoder
+from .inference import InferenceEncoder
 
 CACHE_FORMAT = 1
 
@@ -239,15 +238,6 @@ def extraction_workers(on_gpu: bool) -> int:
     return max(1, min(32, cores - 1 if on_gpu else cores // 4))
 
 
-def extraction_batch(on_gpu: bool, onnx: bool = False) -> int:
-    """Photos per encoder call when building a cache. A GPU wants large
-    batches; PyTorch on a CPU is fastest with small ones, whose activations stay
-    in its caches (EfficientNet-Lite0 on 2 AMD EPYC cores, float32: ~26 photos/s
-    at 64 a call, 40-48 at 4; ``python benchmarks/bench_features.py --max-images 1500
-    --batch-size N --runtime torch``), ONNX Runtime with :data:`~showtell.onnx_encoder.ONNX_CPU_BATCH`."""
-    return 64 if on_gpu else ONNX_CPU_BATCH if onnx else 4
-
-
 def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Sequence[ImageCaptions],
                    cache: "FeatureCache", device: str | torch.device = "cpu", progress: bool = True,
                    mirror_average: bool = False, mirrored: bool = False) -> FeatureSet:
@@ -295,8 +285,8 @@ class FeatureCache:
             progress: bool = True, runtime: str = "auto", mirror_average: bool = False,
             mirrored: bool = False) -> FeatureSet:
         """The features of ``items``: read from the cache when the key matches,
-        computed (and stored) otherwise (``batch_size``: see :func:`extraction_batch`;
-        ``runtime``: what runs the encoder, see :func:`~showtell.onnx_encoder.inference_encoder`;
+        computed (and stored) otherwise (``batch_size``, photos per encoder call,
+        and ``runtime``, what runs it: see :class:`~showtell.inference.InferenceEncoder`;
         ``mirror_average``: each photo's features averaged with its mirror image's,
         :func:`~showtell.encoders.mirror_averaged`, cached apart from the plain ones;
         ``mirrored``: the features of each photo's mirror image alone, for training
@@ -329,15 +319,13 @@ class FeatureCache:
         tmp = f"{folder}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        fast = inference_encoder(encoder, device, runtime)
+        # The features caption() computes from the same photos: the same runner, in float32.
+        fast = InferenceEncoder(encoder, device, runtime, mirror_average=mirror_average, batch_size=batch_size)
         on_gpu = torch.device(device).type == "cuda"
         if num_workers is None:
             num_workers = extraction_workers(on_gpu)
-        onnx = isinstance(fast, OnnxEncoder)
-        if batch_size is None:
-            batch_size = extraction_batch(on_gpu, onnx)
         # Workers decode the next batches while this process runs the encoder on the current one.
-        loader = DataLoader(ImageTensors(items, encoder.preprocessing), batch_size=batch_size,
+        loader = DataLoader(ImageTensors(items, encoder.preprocessing), batch_size=fast.batch_size,
                             num_workers=num_workers, collate_fn=collate_images, pin_memory=on_gpu,
                             prefetch_factor=4 if num_workers else None,
                             generator=torch.Generator())  # leave the global RNG (training's) untouched
@@ -346,26 +334,21 @@ class FeatureCache:
         row_of = np.full(n, -1, dtype=np.int64)  # item index -> row among readable images
         failed: list[tuple[str, str]] = []
         rows = 0
-        # exact_float32: the features caption() computes from the same photo (no TF32 on CUDA)
-        with torch.inference_mode(), exact_float32(device), \
-                tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
+        with tqdm(total=n, desc=desc, unit="img", disable=not progress) as bar:
             for idx, images, bad in loader:
                 failed += [(items[i].image_id, err) for i, err in bad]
                 if len(idx):
-                    x = images.to(device, non_blocking=True)
                     if mirrored:
-                        x = x.flip(-1)  # (B, 3, H, W) left to right
-                    if not onnx:  # PyTorch's convolutions want channels-last; ONNX Runtime reads NCHW as it comes
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    out = mirror_averaged(fast, x) if mirror_average else fast(x)  # pooled (B, C), spatial (B, P, C)
+                        images = images.flip(-1)  # (B, 3, H, W) left to right
+                    out = fast(images)  # pooled (B, C), spatial (B, P, C)
                     b, c = out.pooled.shape
                     if pooled is None:
                         pooled = np.lib.format.open_memmap(os.path.join(tmp, "pooled.npy"), "w+",
                                                            np.float32, (n, c))
                         spatial = np.lib.format.open_memmap(os.path.join(tmp, "spatial.npy"), "w+",
                                                             np.float16, (n, out.spatial.size(1), c))
-                    pooled[rows:rows + b] = out.pooled.float().cpu().numpy()
-                    spatial[rows:rows + b] = out.spatial.float().cpu().half().numpy()
+                    pooled[rows:rows + b] = out.pooled.cpu().numpy()
+                    spatial[rows:rows + b] = out.spatial.cpu().half().numpy()
                     row_of[idx.numpy()] = np.arange(rows, rows + b)
                     rows += b
                 bar.update(len(idx) + len(bad))

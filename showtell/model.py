@@ -3,8 +3,10 @@ vocabulary that links the decoder's ids to words.
 
 It owns the whole chain, so no caller rebuilds it (after nanoGPT's ``model.py``):
 ``encode(pixels)`` gives the features the decoder reads, ``forward(features,
-captions)`` teacher-forced logits, ``generate(features, opts)`` captions by
-greedy or beam search, and ``sample(features, n)`` captions drawn with
+captions)`` teacher-forced logits, ``caption(features, opts, pooled)`` the
+captions of encoded images (what caption(), explain(), evaluate, the web page
+and the benchmarks all call), ``generate(features, opts, constraints)`` its
+search (greedy or beam), and ``sample(features, n)`` captions drawn with
 gradients for self-critical training. The vocabulary's special ids live here,
 and so does the guidance map from the encoder's ImageNet classes to the
 vocabulary's words (:mod:`showtell.guidance`): ``word_tags(pooled)`` and
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -32,11 +35,25 @@ from torch import nn
 from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .decoders import build_decoder
-from .constrained import Constraint, constrained_beam_search
-from .decoding import DecodeOptions, Hypothesis, beam_search, greedy_decode, sample
+from .decoding import Constraint, DecodeOptions, Hypothesis, autocast, beam_search, greedy_decode, sample
 from .encoders import EncoderOutput, build_encoder
 from .guidance import GuidanceMap, Tag, WordTag, confident_constraints
 from .text import Vocabulary
+
+
+@dataclass(frozen=True)
+class Captions:
+    """One image's captions, as :meth:`CaptionModel.caption` gives them."""
+
+    hypotheses: list[Hypothesis]  # the n best, best first
+    tags: list[WordTag]  # the image's most probable ImageNet word tags; [] without pooled features or head
+    constraints: list[tuple[int, ...]]  # word-id sets the captions had to use (one word of each); [] unguided
+    attention: torch.Tensor | None = None  # (words, P) behind the best caption's words, when asked for
+
+    def meets(self, hypothesis: Hypothesis) -> bool:
+        """Whether ``hypothesis`` holds a word of each constraint set (False:
+        no caption could; it is the best unguided one)."""
+        return all(set(c) & set(hypothesis.tokens) for c in self.constraints)
 
 
 class CaptionModel(nn.Module):
@@ -91,6 +108,54 @@ class CaptionModel(nn.Module):
         return self.decoder(features, captions, return_attention=return_attention, sampling=sampling)
 
     @torch.no_grad()
+    def caption(self, features: torch.Tensor, opts: DecodeOptions, pooled: torch.Tensor | None = None, *,
+                attention: bool = False, precision: str = "float32") -> list[Captions]:
+        """The captions of encoded images: everything after the encoder, in one
+        place, so caption(), explain(), evaluate, the web page and the
+        benchmarks give the same captions from the same features.
+
+        ``features``: the rows this decoder reads (:meth:`EncoderOutput.for_decoder`,
+        or the feature cache's), (B, C) or (B, P, C). ``pooled``: the same images'
+        pooled features (B, C), from which the encoder's ImageNet head gives each
+        image's word tags; with ``opts.guidance_threshold`` set (guided
+        captioning) the tags at least that probable become constraints that the
+        search enforces, which needs ``pooled``. ``attention``: also the
+        attention behind each word of each image's best caption (a decoder
+        with attention). ``precision``: the decoder's arithmetic
+        (:func:`~showtell.decoding.autocast`; the tags and attention maps are float32)."""
+        guided = opts.guidance_threshold is not None
+        if guided and pooled is None:
+            raise ValueError("guided captions (opts.guidance_threshold) need the pooled features for their tags")
+        if attention and not self.decoder.has_attention:
+            raise ValueError(f"this model's decoder ({self.cfg.decoder}) has no attention to show")
+        has_head = getattr(self.encoder, "classifier", None) is not None
+        tags = self.word_tags(pooled) if pooled is not None and has_head else [[] for _ in range(len(features))]
+        required = self.constraints(tags, opts.guidance_threshold)
+        # In float32 (the default) this is exact; a reduced precision runs the
+        # decoder in it too: the LSTM's weights are read from memory at every
+        # step, so halving them is where a CPU's speed is (README: precision).
+        with autocast(features.device, precision):
+            found = self.generate(features, opts, required if guided else None)
+        maps = [self._attention(features[i:i + 1], hyps[0]) if attention and hyps else None
+                for i, hyps in enumerate(found)]
+        return [Captions(hyps, t, r, a) for hyps, t, r, a in zip(found, tags, required, maps)]
+
+    def _attention(self, features: torch.Tensor, best: Hypothesis) -> torch.Tensor:
+        """(len(best.tokens), P): where the decoder looked while choosing each
+        word of ``best``. Teacher-forcing the caption replays the decoder's
+        steps (eval mode: no dropout; beam search's fused steps equal them to
+        float rounding) and returns the attention behind each word."""
+        v = self.vocab
+        ids = torch.tensor([[v.start_id] + best.tokens + [v.end_id]], device=features.device)
+        was_training = self.decoder.training
+        self.decoder.eval()
+        try:
+            _, alphas = self(features, ids, return_attention=True)  # (1, T+1, P)
+        finally:
+            self.decoder.train(was_training)
+        return alphas[0, :len(best.tokens)].float()
+
+    @torch.no_grad()
     def generate(self, features: torch.Tensor, opts: DecodeOptions,
                  constraints: Sequence[Sequence[Constraint]] | None = None) -> list[list[Hypothesis]]:
         """The ``opts.n_best`` best captions of each image (greedy when
@@ -100,7 +165,8 @@ class CaptionModel(nn.Module):
         which the caption must contain one (see :meth:`constraints`). Images with
         constraints go through constrained beam search (:mod:`showtell.constrained`;
         one whose constraint no caption could meet gets its best unconstrained
-        captions), the others through the plain search, exactly as without them."""
+        captions), the others through the plain search, exactly as without them.
+        :meth:`caption` is the caller that turns tags into constraints."""
         if constraints is not None and len(constraints) != features.size(0):
             raise ValueError(f"got constraints for {len(constraints)} images but features for {features.size(0)}")
         was_training = self.decoder.training
@@ -113,10 +179,10 @@ class CaptionModel(nn.Module):
                 # Only the constrained images pay for the extra beams (2**c per image);
                 # the others are decoded apart (batched equals one by one).
                 out: list[list[Hypothesis]] = [[] for _ in range(features.size(0))]
-                found = constrained_beam_search(steps, features[rows], opts, v.end_id, v.start_id,
-                                                v.unk_id, [constraints[i] for i in rows])
-                for i, r in zip(rows, found):
-                    out[i] = r.hypotheses
+                found = beam_search(steps, features[rows], opts, v.end_id, v.start_id, v.unk_id,
+                                    [constraints[i] for i in rows])
+                for i, hyps in zip(rows, found):
+                    out[i] = hyps
                 rest = [i for i in range(features.size(0)) if not constraints[i]]
                 if rest:
                     for i, hyps in zip(rest, self.generate(features[rest], opts)):

@@ -1,5 +1,6 @@
-"""The encoder's forward pass in ONNX Runtime on a CPU: for the feature cache
-and for :class:`~showtell.captioner.Captioner` (caption(), the CLI, the web app).
+"""The encoder's forward pass in ONNX Runtime on a CPU, where
+:class:`~showtell.inference.InferenceEncoder` (the feature cache, caption(),
+the CLI, the web app) chooses it.
 
 Eager PyTorch runs EfficientNet-Lite0's depthwise convolutions slowly on a
 CPU; ONNX Runtime fuses each convolution with its activation. On 2 AMD EPYC
@@ -97,11 +98,3 @@ def onnx_runtime_encoder(encoder: ImageEncoder, device: str | torch.device = "cp
                           "computing features with PyTorch", stacklevel=2)
     return None
 
-
-def inference_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu", runtime: str = "auto",
-                      spin: bool = True):
-    """The fastest form of ``encoder`` for computing features on ``device``:
-    :func:`onnx_runtime_encoder`'s where it gives one, else the encoder's
-    :meth:`for_inference` copy."""
-    fast = onnx_runtime_encoder(encoder, device, runtime, spin)
-    return fast if fast is not None else encoder.for_inference().to(device)

@@ -4,9 +4,12 @@
 ``app.py`` at the repository root is the command-line entry point; the logic
 lives here so it can be tested without a server:
 
-* :func:`caption_image` is the request handler as a plain function: the best
+* :func:`caption_image` is the API's handler as a plain function: the best
   caption, the n-best list with each caption's share, a confidence signal, the
   time taken, and what the encoder recognised (the tags that guided the caption);
+* :func:`page_outputs` is the page's handler as a plain function: the same
+  from one caption of the photo, plus where the model looked for each word,
+  keyed by the names of the page's outputs (:data:`PAGE_OUTPUTS`);
 * :func:`build_demo` builds the page around one loaded
   :class:`~showtell.captioner.Captioner` (the model is never loaded twice);
 * :func:`launch` starts it with the queue, upload and request-size limits set.
@@ -23,6 +26,7 @@ import base64
 import binascii
 import html
 import io
+import json
 import math
 import os
 import socket
@@ -42,7 +46,7 @@ import pydantic  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from gradio.route_utils import FnIndexInferError  # noqa: E402
 
-from .captioner import Captioner  # noqa: E402
+from .captioner import Captioner, Description, Explanation  # noqa: E402
 from .confidence import confidence  # noqa: E402
 from .images import MAX_IMAGE_PIXELS, ImageError, load_image  # noqa: E402
 from .overlay import attention_overlay, fit_within  # noqa: E402
@@ -184,24 +188,36 @@ def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEA
     Raises ``gr.Error`` with a clear message for a missing or unreadable image
     or an out-of-range option.
     """
+    out, _ = _described(captioner, image, beam_size, num_captions)
+    return out
+
+
+def _described(captioner: Captioner, image: Any, beam_size: Any, num_captions: Any,
+               attention: bool = False) -> tuple[dict[str, Any], Description]:
+    """:func:`caption_image`'s dict and the :class:`Description` it was made
+    from: one encoder pass and one search, with the attention behind the best
+    caption's words when ``attention`` (and the model has it)."""
     t0 = time.perf_counter()
     if image is None:
         raise gr.Error(NO_IMAGE, print_exception=False)
     beam = _option(beam_size, "Beam size", 1, MAX_BEAM)
     n = min(_option(num_captions, "Number of captions", 1, MAX_CAPTIONS), beam)
-    (result,) = captioner.caption_each([image], beam_size=beam, n_best=n)
-    if isinstance(result, ImageError):
-        raise gr.Error(_image_problem(image, result), print_exception=False)
-    caps = [c for c in result if math.isfinite(c.logprob)]
+    try:
+        found = captioner.describe(image, attention=attention and captioner.model.decoder.has_attention,
+                                   beam_size=beam, n_best=n)
+    except ImageError as e:
+        raise gr.Error(_image_problem(image, e), print_exception=False) from None
+    caps = [c for c in found.captions if math.isfinite(c.logprob)]
     if not caps:
         raise gr.Error("The model produced no caption for this image.", print_exception=False)
     rows = [{"rank": rank, "caption": c.text, "share": share, "logprob": round(c.logprob, 4)}
             for rank, (c, share) in enumerate(zip(caps, _shares([c.score for c in caps])), start=1)]
-    return {"caption": caps[0].text, "captions": rows, "confidence": confidence(caps).as_dict(),
-            "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
-                     for t in caps[0].tags],
-            "required": [list(words) for words in caps[0].required],
-            "seconds": round(time.perf_counter() - t0, 3)}
+    out = {"caption": caps[0].text, "captions": rows, "confidence": confidence(caps).as_dict(),
+           "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
+                    for t in caps[0].tags],
+           "required": [list(words) for words in caps[0].required],
+           "seconds": round(time.perf_counter() - t0, 3)}
+    return out, found
 
 
 def _image_problem(image: Any, error: Exception) -> str:
@@ -221,11 +237,35 @@ def attention_gallery(captioner: Captioner, image: Any, beam_size: int) -> list[
     looked while choosing it. Empty for a model without attention."""
     if not captioner.model.decoder.has_attention:
         return []
-    explanation = captioner.explain(image, beam_size=beam_size)
+    return _overlays(captioner, image, captioner.explain(image, beam_size=beam_size))
+
+
+def _overlays(captioner: Captioner, image: Any, explanation: Explanation) -> list[tuple[Any, str]]:
+    # The photo is decoded again at the display size: the model's input was decoded
+    # small (JPEG draft mode), the overlays are shown at up to OVERLAY_SIZE px.
     photo = fit_within(load_image(image, max_bytes=captioner.max_image_bytes,
                                   target_size=(OVERLAY_SIZE, OVERLAY_SIZE)), OVERLAY_SIZE)
     return [(attention_overlay(photo, a), f"{i}. {w}")
             for i, (w, a) in enumerate(zip(explanation.words, explanation.attention), start=1)]
+
+
+def page_outputs(captioner: Captioner, image: Any, beam_size: Any, num_captions: Any) -> dict[str, Any]:
+    """What the page shows for a photo, keyed by the names of
+    :data:`PAGE_OUTPUTS`: the API's answer as HTML plus the attention overlays,
+    from one caption of the photo. A problem is shown once, as ``message``, in
+    place of the caption (no toast, no red badges on every output)."""
+    try:
+        out, found = _described(captioner, image, beam_size, num_captions, attention=True)
+        t = time.perf_counter()
+        gallery = _overlays(captioner, image, found.explanation) if found.explanation is not None else []
+        seconds = out["seconds"] + time.perf_counter() - t
+    except gr.Error as e:
+        return {**PAGE_OUTPUTS, "message": f'<div class="st-message">{html.escape(e.message)}</div>'}
+    timing = (f"{seconds:.2f} s on the server (caption and attention {out['seconds']:.2f} s, beam "
+              f"{int(beam_size)}; drawing the maps {seconds - out['seconds']:.2f} s)")
+    return {**PAGE_OUTPUTS, "best": out["caption"], "confidence": _confidence_html(out["confidence"]),
+            "nbest": _nbest_html(out["captions"]), "attention": gallery, "timing": timing,
+            "tags": _tags_markdown(out["tags"], out["required"])}
 
 
 def model_card(captioner: Captioner) -> str:
@@ -364,9 +404,17 @@ def example_photos() -> list[str]:
     return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.jpg"))]
 
 
-# The outputs cleared in the browser as soon as the photo changes, so a new
-# photo never sits beside the previous one's caption (no server round trip).
-_CLEAR_JS = "() => ['', '', '', [], '', '', '']"
+# The page's outputs by name, with what each shows
+# when there is nothing to show: a handler returns a dict keyed by these names,
+# and the browser clears them to these values as soon as the photo changes, so
+# a new photo never sits beside the previous one's caption (no server round trip).
+PAGE_OUTPUTS: dict[str, Any] = {"best": "", "confidence": "", "nbest": "", "attention": [], "timing": "",
+                                "tags": "", "message": ""}
+
+
+def _clear_js(names: Sequence[str]) -> str:
+    """A browser function that returns the empty value of each named output, in ``names``' order."""
+    return f"() => {json.dumps([PAGE_OUTPUTS[name] for name in names])}"
 
 
 def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> gr.Blocks:
@@ -385,21 +433,8 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> 
         return out["caption"], {"headers": TABLE_HEADERS, "data": table}, out
 
     def page_caption(image, beam_size, num_captions):
-        """The page's handler: the same as the API, plus the attention overlays;
-        a problem is shown once, in place of the caption (no toast, no red
-        badges on every output)."""
-        empty = ("", "", "", [], "", "")
-        try:
-            out = caption_image(captioner, image, beam_size, num_captions)
-            t = time.perf_counter()
-            gallery = attention_gallery(captioner, image, int(beam_size))
-            seconds = out["seconds"] + time.perf_counter() - t
-        except gr.Error as e:
-            return (*empty, f'<div class="st-message">{html.escape(e.message)}</div>')
-        timing = (f"{seconds:.2f} s on the server (caption {out['seconds']:.2f} s, beam {int(beam_size)}; "
-                  f"attention maps {seconds - out['seconds']:.2f} s)")
-        return (out["caption"], _confidence_html(out["confidence"]), _nbest_html(out["captions"]), gallery,
-                timing, _tags_markdown(out["tags"], out["required"]), "")
+        """The page's handler: the same as the API, plus the attention overlays."""
+        return {shown[name]: value for name, value in page_outputs(captioner, image, beam_size, num_captions).items()}
 
     encoder = captioner.card.get("model_config", {}).get("encoder", "?")
     intro = ("# Show and Tell\nUpload a photo (or paste one, or use the webcam): it is captioned at once. "
@@ -422,19 +457,22 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> 
                 with gr.Accordion("About this model", open=False, elem_id="model-card"):
                     gr.Markdown(model_card(captioner))
             with gr.Column():
-                message = gr.HTML("", elem_id="message", container=False, padding=False, min_height=0)
-                best = gr.Textbox(label="Best caption", elem_id="best-caption", interactive=False, lines=2,
-                                  buttons=["copy"])
-                conf = gr.HTML("", elem_id="confidence", container=False, padding=False, min_height=0)
-                tags = gr.Markdown("", elem_id="tags")
-                table = gr.HTML("", elem_id="nbest", container=False, padding=False, min_height=0)
-                gallery = gr.Gallery(label="Where the model looked for each word (click one to enlarge)",
-                                     elem_id="attention", columns=5, height=420, allow_preview=True,
-                                     object_fit="contain", format="jpeg", interactive=False,
-                                     visible=captioner.model.decoder.has_attention)  # NIC has none to show
-                timing = gr.Markdown("", elem_id="timing")
-        outputs = [best, conf, table, gallery, timing, tags, message]
-        image.change(None, js=_CLEAR_JS, outputs=outputs, queue=False, api_visibility="private")
+                # Named by PAGE_OUTPUTS; page_outputs() fills them by name.
+                shown = {
+                    "message": gr.HTML("", elem_id="message", container=False, padding=False, min_height=0),
+                    "best": gr.Textbox(label="Best caption", elem_id="best-caption", interactive=False, lines=2,
+                                       buttons=["copy"]),
+                    "confidence": gr.HTML("", elem_id="confidence", container=False, padding=False, min_height=0),
+                    "tags": gr.Markdown("", elem_id="tags"),
+                    "nbest": gr.HTML("", elem_id="nbest", container=False, padding=False, min_height=0),
+                    "attention": gr.Gallery(label="Where the model looked for each word (click one to enlarge)",
+                                            elem_id="attention", columns=5, height=420, allow_preview=True,
+                                            object_fit="contain", format="jpeg", interactive=False,
+                                            visible=captioner.model.decoder.has_attention),  # NIC has none to show
+                    "timing": gr.Markdown("", elem_id="timing"),
+                }
+        outputs = list(shown.values())
+        image.change(None, js=_clear_js(list(shown)), outputs=outputs, queue=False, api_visibility="private")
         run = dict(fn=page_caption, inputs=[image, beam, nbest], outputs=outputs, api_visibility="private",
                    concurrency_limit=concurrency, concurrency_id="caption")
         image.upload(**run)
@@ -553,8 +591,7 @@ def warm_up(captioner: Captioner) -> None:
     does not pay for one-time setup inside torch (allocators, kernels)."""
     photos = example_photos()
     photo = photos[0] if photos else _blank()
-    captioner.caption_each([photo], beam_size=DEFAULT_BEAM, n_best=1)
-    attention_gallery(captioner, photo, DEFAULT_BEAM)
+    page_outputs(captioner, photo, DEFAULT_BEAM, DEFAULT_CAPTIONS)
 
 
 def _blank():
@@ -564,5 +601,5 @@ def _blank():
     return buf.getvalue()
 
 
-__all__ = ["build_demo", "caption_image", "attention_gallery", "model_card", "launch", "warm_up", "free_port",
-           "threads_per_request", "parse_size", "body_limit", "cap_log_lines"]
+__all__ = ["build_demo", "caption_image", "page_outputs", "PAGE_OUTPUTS", "attention_gallery", "model_card",
+           "launch", "warm_up", "free_port", "threads_per_request", "parse_size", "body_limit", "cap_log_lines"]

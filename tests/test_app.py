@@ -32,8 +32,8 @@ from showtell.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from showtell.model import CaptionModel  # noqa: E402
 from showtell.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 from showtell.webapp import (  # noqa: E402
-    TABLE_HEADERS, _CappedLines, attention_gallery, body_limit, build_demo, caption_image, free_port, launch,
-    model_card, threads_per_request)
+    PAGE_OUTPUTS, TABLE_HEADERS, _CappedLines, _clear_js, attention_gallery, body_limit, build_demo, caption_image,
+    free_port, launch, model_card, page_outputs, threads_per_request)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Gradio's queue calls pandas in ways pandas 3 deprecates; not ours to fix.
@@ -184,6 +184,28 @@ def test_attention_gallery_has_one_overlay_per_word(captioner):
     photo = Image.open(PHOTO)
     assert all(im.size == photo.size for im, _ in gallery)  # 400 px: under the 448 px display size
     assert np.abs(np.asarray(gallery[0][0], float) - np.asarray(gallery[-1][0], float)).mean() > 2
+
+
+def test_page_outputs_come_from_one_caption_of_the_photo(captioner, bad_files, monkeypatch):
+    """The page's handler captions the photo once (one encoder pass, one search,
+    the attention from it) and fills every output by name."""
+    calls = []
+    caption = captioner.model.caption
+    monkeypatch.setattr(captioner.model, "caption", lambda *a, **k: calls.append(k) or caption(*a, **k))
+    shown = page_outputs(captioner, str(PHOTO), 3, 2)
+    assert len(calls) == 1 and calls[0]["attention"]
+    assert shown.keys() == PAGE_OUTPUTS.keys() and shown["message"] == ""
+    out = caption_image(captioner, str(PHOTO), 3, 2)
+    assert shown["best"] == out["caption"] and out["captions"][1]["caption"] in shown["nbest"]
+    gallery = attention_gallery(captioner, str(PHOTO), 3)
+    assert [label for _, label in shown["attention"]] == [label for _, label in gallery]
+    assert " s on the server" in shown["timing"]
+    # a problem: the message, and every other output empty
+    bad = page_outputs(captioner, str(bad_files["text"]), 3, 2)
+    assert "Could not caption" in bad["message"]
+    assert {k: v for k, v in bad.items() if k != "message"} == {k: v for k, v in PAGE_OUTPUTS.items() if k != "message"}
+    # the browser clears the outputs to the same values, in the order it is given them
+    assert _clear_js(["timing", "attention", "best"]) == '() => ["", [], ""]'
 
 
 def test_model_card_comes_from_the_checkpoint(captioner, tmp_path):

@@ -135,9 +135,10 @@ def test_tiny_model_overfits_real_pairs_until_greedy_reproduces_caption(flickr8k
 
 @pytest.mark.parametrize("cores, cpu, gpu", [(1, 1, 1), (2, 1, 1), (16, 4, 15), (64, 16, 32)])
 def test_feature_extraction_sizes_its_loader_and_batches_to_the_machine(monkeypatch, cores, cpu, gpu):
-    from showtell.features import extraction_batch, extraction_workers
+    from showtell.features import extraction_workers
+    from showtell.inference import encoder_batch
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     # On a CPU the encoder needs the cores (decoding is cheap); on a GPU decoding is the bottleneck.
     assert (extraction_workers(on_gpu=False), extraction_workers(on_gpu=True)) == (cpu, gpu)
-    assert extraction_batch(on_gpu=False) < extraction_batch(on_gpu=True)
+    assert encoder_batch(on_gpu=False) < encoder_batch(on_gpu=True)

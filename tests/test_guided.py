@@ -243,3 +243,34 @@ def test_evaluate_scores_the_bundled_model_out_of_domain_on_coco_mini(coco_mini,
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["images"] == 80 and out["beam_size"] == 3 and out["guidance_threshold"] == GUIDANCE_THRESHOLD
     assert 0 < out["cider"] < 100 and 0 < out["bleu4"] < 100 and out["meteor"] is not None
+
+
+def test_caption_method_is_tags_then_constraints_then_search_with_attention():
+    """CaptionModel.caption(): the one captioning call (caption(), explain(),
+    evaluate and the page use it) gives generate()'s captions under the
+    constraints of the confident tags, the tags and constraints themselves,
+    and, when asked, the attention behind each word of the best caption."""
+    model = _tiny()
+    torch.manual_seed(2)
+    spatial = torch.randn(4, 49, 512)
+    pooled = spatial.mean(dim=1)
+    opts = DecodeOptions(beam_size=2, n_best=2, max_len=6, guidance_threshold=0.01)
+    tags = model.word_tags(pooled)
+    constraints = model.constraints(tags, 0.01)
+    assert any(constraints) and not all(constraints)  # a mixed batch: guided and plain images
+    found = model.caption(spatial, opts, pooled, attention=True)
+    assert [f.hypotheses for f in found] == model.generate(spatial, opts, constraints)
+    assert [f.tags for f in found] == tags and [f.constraints for f in found] == constraints
+    for f in found:
+        assert f.meets(f.hypotheses[0]) or not f.constraints
+        assert f.attention.shape == (len(f.hypotheses[0].tokens), 49)
+        assert torch.allclose(f.attention.sum(dim=1), torch.ones(len(f.hypotheses[0].tokens)), atol=1e-5)
+    # unguided: the same tags, no constraints, plain search; no attention unless asked
+    plain = model.caption(spatial, replace(opts, guidance_threshold=None), pooled)
+    assert [f.hypotheses for f in plain] == model.generate(spatial, opts)
+    assert [f.tags for f in plain] == tags and all(f.constraints == [] and f.attention is None for f in plain)
+    with pytest.raises(ValueError, match="pooled"):
+        model.caption(spatial, opts)
+    nic = _tiny("show_tell")
+    with pytest.raises(ValueError, match="no attention"):
+        nic.caption(pooled, opts, pooled, attention=True)

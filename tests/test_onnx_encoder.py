@@ -5,10 +5,11 @@ import torch
 
 from showtell import onnx_encoder
 from showtell.datasets import read_flickr8k
-from showtell.encoders import ImageEncoder, build_encoder
+from showtell.encoders import build_encoder
 from showtell.features import FeatureCache
 from showtell.images import load_image
-from showtell.onnx_encoder import OnnxEncoder, inference_encoder
+from showtell.inference import InferenceEncoder
+from showtell.onnx_encoder import OnnxEncoder
 
 
 def _photos(flickr8k_root, enc, n):
@@ -49,25 +50,25 @@ def test_feature_cache_is_the_same_with_either_runtime(flickr8k_root, tmp_path):
 
 def test_runtime_choice_and_its_errors(monkeypatch):
     enc = build_encoder("resnet18", weights=None)
-    assert isinstance(inference_encoder(enc, "cpu", "auto"), OnnxEncoder)  # installed by make test
-    assert isinstance(inference_encoder(enc, "cpu", "torch"), ImageEncoder)
+    assert InferenceEncoder(enc, "cpu", "auto").runtime == "onnxruntime"  # installed by make test
+    assert InferenceEncoder(enc, "cpu", "torch").runtime == "torch"
     with pytest.raises(ValueError, match="on the CPU"):
-        inference_encoder(enc, "cuda", "onnxruntime")  # refused before anything touches CUDA
+        InferenceEncoder(enc, "cuda", "onnxruntime")  # refused before anything touches CUDA
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
-        inference_encoder(enc, "cpu", "tensorrt")
+        InferenceEncoder(enc, "cpu", "tensorrt")
     # an export that fails: "auto" warns and falls back to PyTorch, "onnxruntime" raises
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator")
     monkeypatch.setattr(torch.onnx, "export", broken_export)
     with pytest.warns(UserWarning, match="computing features with PyTorch"):
-        assert isinstance(inference_encoder(enc, "cpu", "auto"), ImageEncoder)
+        assert InferenceEncoder(enc, "cpu", "auto").runtime == "torch"
     with pytest.raises(RuntimeError, match="unsupported operator"):
-        inference_encoder(enc, "cpu", "onnxruntime")
+        InferenceEncoder(enc, "cpu", "onnxruntime")
     # not installed: "auto" is PyTorch, "onnxruntime" names what to install
     monkeypatch.setattr(onnx_encoder, "available", lambda: False)
-    assert isinstance(inference_encoder(enc, "cpu", "auto"), ImageEncoder)
+    assert InferenceEncoder(enc, "cpu", "auto").runtime == "torch"
     with pytest.raises(RuntimeError, match="requirements-onnx.txt"):
-        inference_encoder(enc, "cpu", "onnxruntime")
+        InferenceEncoder(enc, "cpu", "onnxruntime")
 
 
 def test_captioner_runs_its_encoder_in_onnx_runtime_with_pytorchs_captions(flickr8k_root):
@@ -78,7 +79,7 @@ def test_captioner_runs_its_encoder_in_onnx_runtime_with_pytorchs_captions(flick
 
     fast, plain = Captioner(), Captioner(runtime="torch")
     assert (fast.runtime, plain.runtime) == ("onnxruntime", "torch")
-    assert isinstance(fast._onnx, OnnxEncoder) and plain._onnx is None
+    assert isinstance(fast.inference_encoder._onnx, OnnxEncoder) and plain.inference_encoder._onnx is None
     items = read_flickr8k(flickr8k_root, "test")[:20]  # more than one ONNX Runtime batch of 16
     paths = [it.path for it in items]
     x = torch.stack([fast.pixels(p) for p in paths])
@@ -94,7 +95,7 @@ def test_captioner_runs_its_encoder_in_onnx_runtime_with_pytorchs_captions(flick
     assert [t.class_index for t in tags[0]] == [t.class_index for t in tags[1]]
     assert np.allclose([t.prob for t in tags[0]], [t.prob for t in tags[1]], atol=1e-5)
     # Between captions the decoder has the cores: ONNX Runtime's idle threads must not spin.
-    options = fast._onnx._session.get_session_options()
+    options = fast.inference_encoder._onnx._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
@@ -126,3 +127,18 @@ def test_command_lines_offer_every_runtime():
         assert app.parse_args(["--encoder-runtime", runtime]).encoder_runtime == runtime
     with pytest.raises(SystemExit):
         app.parse_args(["--encoder-runtime", "tensorrt"])
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_the_cache_and_the_captioner_run_the_encoder_the_same_way(flickr8k_root, tmp_path, runtime):
+    """One InferenceEncoder serves FeatureCache and Captioner: the same photos
+    give the same numbers (the cache stores spatial rows in float16)."""
+    from showtell.captioner import Captioner
+
+    cap = Captioner(runtime=runtime)
+    items, x = _photos(flickr8k_root, cap.model.encoder, 6)
+    fs = FeatureCache(str(tmp_path)).get("flickr8k", "test", items, build_encoder("efficientnet_lite0"),
+                                         num_workers=0, progress=False, runtime=runtime)
+    enc = cap.encode(x)
+    assert np.array_equal(np.asarray(fs.pooled), enc.pooled.numpy())
+    assert np.array_equal(np.asarray(fs.spatial), enc.spatial.half().numpy())

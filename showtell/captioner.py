@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+from .confidence import Confidence, caption_confidence, threshold_of
 from .decoding import DecodeOptions, autocast, resolve_precision
 from .encoders import EncoderOutput, mirror_averaged
 from .guidance import Tag, WordTag
@@ -55,10 +56,15 @@ class Explanation:
 class ScoredCaption(NamedTuple):
     text: str
     logprob: float  # sum of the model's log-probabilities of the words (and <end>)
-    score: float  # what captions were ranked by (length-normalised logprob)
+    # What captions were ranked by: logprob / length ** length_penalty; with the
+    # default length penalty 1, the log-probability per word (and <end>).
+    score: float
     tags: tuple[WordTag, ...] = ()  # the photo's most probable ImageNet word tags, most probable first
     required: tuple[tuple[str, ...], ...] = ()  # word sets the caption had to use (); () when unguided
     satisfied: bool = True  # whether the caption holds a word of each required set
+    # How sure the model is of this caption (showtell.confidence): .sure, .label
+    # ("fairly sure" / "not sure"), .value and the model's .threshold.
+    confidence: Confidence | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class Captioner:
         # vocabulary size, encoder weights and any stored val/test scores.
         self.card = {k: ckpt[k] for k in CARD_KEYS if k in ckpt}
         self.card["vocab_size"] = len(ckpt["vocab"])
+        # The "not sure" threshold stored with the model (showtell.confidence.threshold_of).
+        self.confidence_threshold = threshold_of(ckpt)
         # Keep only the fast copy (batch norm folded): the original would be dead weight.
         self.encoder = self.model.encoder = self.model.encoder.for_inference().to(self.device)
         self.runtime, self._onnx = self._encoder_runtime(runtime)
@@ -164,8 +172,10 @@ class Captioner:
 
     def _scored(self, h, tags, constraints) -> ScoredCaption:
         words = tuple(tuple(self.vocab.words[w] for w in c) for c in constraints)
-        return ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score, tuple(tags), words,
-                             all(set(c) & set(h.tokens) for c in constraints))
+        text = " ".join(self.vocab.decode(h.tokens))
+        return ScoredCaption(text, h.logprob, h.score, tuple(tags), words,
+                             all(set(c) & set(h.tokens) for c in constraints),
+                             caption_confidence(text, h.logprob, self.confidence_threshold))
 
     def captions_of_features(self, enc: EncoderOutput, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions of encoded images, guided by their ImageNet tags when

@@ -114,8 +114,10 @@ def test_upload_captions_at_once_with_confidence_table_and_time(page):
     _no_errors_shown(page)
     first = page.locator(ROWS).first.locator("td")
     assert first.nth(0).inner_text() == "1" and first.nth(1).inner_text() == caption
-    shares = [page.locator(ROWS).nth(i).locator("td.share").inner_text() for i in range(3)]
-    assert all(s.endswith("%") and len(s.split()[0].split(".")[1]) == 1 for s in shares), shares
+    # Each caption with the score it is ranked by: the log-probability per word, best first.
+    assert page.locator("#nbest th.score").inner_text() == "log-prob per word"
+    scores = [float(page.locator(ROWS).nth(i).locator("td.score").inner_text()) for i in range(3)]
+    assert scores == sorted(scores, reverse=True) and all(x < 0 for x in scores), scores
     # The model gets this portrait wrong (a woman in uniform, no cup) and says so.
     assert "not sure" in page.locator("#confidence").inner_text()
     assert " s on the server" in page.locator("#timing").inner_text()

@@ -325,10 +325,10 @@ def model_card(captioner: Captioner) -> str:
 def _confidence_html(conf: dict) -> str:
     if conf["sure"]:
         return (f'<span class="st-confidence sure">fairly sure</span> '
-                f'<small>mean word log-probability {conf["value"]:.2f} '
+                f'<small>log-probability per word {conf["value"]:.2f} '
                 f'(not sure below {conf["threshold"]:.2f})</small>')
     return (f'<span class="st-confidence unsure">not sure</span> '
-            f'<small>mean word log-probability {conf["value"]:.2f}, below {conf["threshold"]:.2f}: '
+            f'<small>log-probability per word {conf["value"]:.2f}, below {conf["threshold"]:.2f}: '
             f'the photo may be unlike what the model was trained on</small>')
 
 

@@ -229,6 +229,20 @@ def api_details() -> str:
                             "took, left out):\n{\n" + ",\n".join(items) + "\n}")
 
 
+@block("bundled-model")
+def bundled_model() -> str:
+    """One sentence on the bundled model, from its checkpoint."""
+    from showtell.webapp import _data_text
+
+    card = _captioner().card
+    m = card.get("model_config", {})
+    decoder = {"show_attend_tell": "Show-Attend-Tell", "show_tell": "NIC (Show and Tell)"}.get(m.get("decoder"),
+                                                                                             m.get("decoder"))
+    return (f"The bundled model (`{BUNDLED}`): {m.get('encoder')} encoder (frozen), {decoder} decoder "
+            f"(hidden size {m.get('hidden_dim')}), trained on {_data_text(card.get('data_config', {}))}; "
+            f"a vocabulary of {card['vocab_size']:,} words.\n")
+
+
 @block("model-card")
 def model_card_block() -> str:
     from showtell.webapp import model_card
@@ -310,7 +324,11 @@ def regenerate(files=DOC_FILES, check: bool = False, skip: set[str] = frozenset(
     """Rewrite (or with ``check`` only compare) every generated block but those
     named in ``skip``; returns one line per stale block, with its diff. An
     unknown block name is an error."""
-    os.chdir(ROOT)  # the blocks quote paths relative to the checkout (examples/cat.jpg)
+    with contextlib.chdir(ROOT):  # the blocks quote paths relative to the checkout (examples/cat.jpg)
+        return _regenerate(files, check, skip)
+
+
+def _regenerate(files, check: bool, skip: set[str]) -> list[str]:
     cache: dict[str, str] = {}
     stale = []
     for path in files:

@@ -62,6 +62,28 @@ _HELP = {
     "val_max_images": "validate on the first N val images only (0: all)",
     "max_images": "use at most the first N photos of each split, for smoke runs (0: all)",
     "amp": "mixed precision on CUDA",
+    "embed_dim": "word embedding size",
+    "hidden_dim": "LSTM hidden size",
+    "attention_dim": "show_attend_tell: attention layer size",
+    "num_layers": "show_tell: LSTM layers",
+    "dropout": "dropout before the output layer",
+    "train_split": "the split trained on",
+    "val_split": "the split validated on (picks best.pt)",
+    "min_word_count": "words seen fewer times in the training captions become <unk>",
+    "max_caption_len": "words; longer training captions are truncated",
+    "epochs": "passes over the training split",
+    "batch_size": "captions per step (scst: images); under torchrun, the global batch",
+    "lr": "Adam learning rate of the decoder",
+    "encoder_lr": "--fine-tune-encoder: learning rate of the encoder's last stage",
+    "weight_decay": "Adam weight decay",
+    "grad_clip": "clip gradients to this norm",
+    "lr_decay": "multiply the learning rate by this every --lr-decay-every epochs",
+    "lr_decay_every": "epochs between learning-rate decays",
+    "max_decode_len": "longest caption (words) when validating",
+    "seed": "random seed (data order, initial weights, dropout)",
+    "objective": "xe (cross-entropy, teacher forcing) or scst (self-critical, CIDEr-D reward)",
+    "scst_samples": "scst: captions sampled per image",
+    "scst_baseline": "scst: mean (of the image's other samples) or greedy",
 }
 
 
@@ -905,7 +927,7 @@ def _export(args: argparse.Namespace) -> int:
     model = CaptionModel.from_checkpoint(ckpt)
     out = model.checkpoint(config_from_dict(DataConfig, ckpt["data_config"]),
                            config_from_dict(TrainConfig, ckpt["train_config"]), half=args.fp16)
-    for key in ("val_scores", "test_scores"):
+    for key in ("val_scores", "test_scores", "calibration"):  # calibration: the model's "not sure" threshold
         if key in ckpt:
             out[key] = ckpt[key]
     save_checkpoint(out, args.output)

@@ -157,3 +157,17 @@ def test_a_panorama_gets_advice_about_its_shape_not_its_pixels(tmp_path):
     page = _image_problem(str(path), info.value)
     assert page.endswith(info.value.advice) and "megapixels" not in page
     assert math.isclose(4000 / 200, MAX_ASPECT_RATIO)
+
+
+def test_every_training_flag_has_help_and_its_default():
+    for action in cli.get_train_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and not action.help.startswith(" ("), action.option_strings
+
+
+def test_export_keeps_the_models_threshold(tmp_path):
+    from showtell.checkpoint import load_checkpoint
+
+    src = _tiny_checkpoint(tmp_path / "src.pt", calibration={"confidence_threshold": -1.25})
+    assert cli.main(["export", src, str(tmp_path / "out.pt"), "--fp16"]) == 0
+    assert threshold_of(load_checkpoint(str(tmp_path / "out.pt"))) == -1.25

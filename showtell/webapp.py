@@ -275,7 +275,9 @@ def _decoding_text(scores: dict) -> str:
 
 def _data_text(d: dict) -> str:
     """The data a model was trained on, as far as its data config says: the
-    dataset, the training split, how many photos it holds and any --max-images."""
+    dataset(s), the training split, how many photos it holds and any --max-images."""
+    if d.get("datasets"):
+        return _datasets_text(d)
     dataset = d.get("dataset", "?")
     data = {"flickr8k": "Flickr8k", "coco": "MS-COCO", "karpathy": "Karpathy split"}.get(dataset, dataset)
     source = d.get("annotations") or d.get("data_root") or ""
@@ -289,6 +291,26 @@ def _data_text(d: dict) -> str:
     if cap:
         return f"{data}, {split} split: at most its first {cap:,} photos (--max-images {cap})"
     return f"{data}, {split} split" + (f" ({total:,} photos)" if total else "")
+
+
+def _datasets_text(d: dict) -> str:
+    """Several datasets trained together (train.py --data, each NAME=PATH@WEIGHT)."""
+    from .config import parse_dataset_spec
+
+    split, cap = d.get("train_split", "train"), d.get("max_images") or 0
+    parts = []
+    for spec in d["datasets"]:
+        source = parse_dataset_spec(spec)
+        known = SPLIT_PHOTOS.get(source.name) or SPLIT_PHOTOS.get(os.path.basename(source.path.rstrip("/")), {})
+        total = known.get(split)
+        details = [f"{split} split"]
+        if total:
+            details.append(f"the first {min(cap, total):,} of its {total:,} photos" if cap else f"{total:,} photos")
+        if source.weight != 1:
+            details.append(f"weight {source.weight:g}: each caption seen {source.weight:g} times an epoch")
+        parts.append(f"{source.name} ({', '.join(details)})")
+    text = " and ".join(parts) + ", one vocabulary over all"
+    return text + (f" (--max-images {cap})" if cap else "")
 
 
 def model_card(captioner: Captioner) -> str:

@@ -171,3 +171,12 @@ def test_export_keeps_the_models_threshold(tmp_path):
     src = _tiny_checkpoint(tmp_path / "src.pt", calibration={"confidence_threshold": -1.25})
     assert cli.main(["export", src, str(tmp_path / "out.pt"), "--fp16"]) == 0
     assert threshold_of(load_checkpoint(str(tmp_path / "out.pt"))) == -1.25
+
+
+def test_model_card_names_each_dataset_of_a_mixed_run():
+    from showtell.webapp import _data_text
+
+    text = _data_text({"datasets": ["f8=../shared/data/flickr8k", "../shared/data/coco-2733@2"],
+                       "train_split": "train", "max_images": 300})
+    assert text == ("f8 (train split, the first 300 of its 6,000 photos) and coco-2733 (train split, weight 2: "
+                    "each caption seen 2 times an epoch), one vocabulary over all (--max-images 300)")

@@ -287,6 +287,24 @@ def results() -> str:
     return "\n".join(lines) + "\n"
 
 
+TEST_PHOTOS = ["3385593926_d3e9c21170.jpg", "2677656448_6b7e7702af.jpg", "241347760_d44c8d3a01.jpg",
+               "2654514044_a70a6e2c21.jpg", "1258913059_07c613f7ff.jpg", "311146855_0b65fdb169.jpg"]
+
+
+@block("test-photos")
+def test_photos() -> str:
+    """A few Flickr8k test photos: the bundled model's caption beside a reference."""
+    flickr8k = DATA / "flickr8k"
+    references: dict[str, str] = {}
+    for line in (flickr8k / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():
+        key, _, text = line.partition("\t")
+        references.setdefault(key.split("#")[0], text.strip())
+    captions = _captioner()([str(flickr8k / "Images" / name) for name in TEST_PHOTOS])
+    lines = ["| photo | showtell (`caption()`: beam 3, guided) | one of its reference captions |", "|---|---|---|"]
+    lines += [f"| {name} | {text} | {references[name]} |" for name, text in zip(TEST_PHOTOS, captions)]
+    return "\n".join(lines) + "\n"
+
+
 # Blocks that take minutes: --check skips them unless --all (CI checks the rest).
 SLOW = {"results"}
 

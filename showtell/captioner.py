@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+from .confidence import Confidence, caption_confidence, threshold_of
 from .decoding import DecodeOptions, Hypothesis, resolve_precision
 from .encoders import EncoderOutput
 from .guidance import Tag, WordTag
@@ -53,10 +54,15 @@ class Explanation:
 class ScoredCaption(NamedTuple):
     text: str
     logprob: float  # sum of the model's log-probabilities of the words (and <end>)
-    score: float  # what captions were ranked by (length-normalised logprob)
+    # What captions were ranked by: logprob / length ** length_penalty; with the
+    # default length penalty 1, the log-probability per word (and <end>).
+    score: float
     tags: tuple[WordTag, ...] = ()  # the photo's most probable ImageNet word tags, most probable first
     required: tuple[tuple[str, ...], ...] = ()  # word sets the caption had to use (); () when unguided
     satisfied: bool = True  # whether the caption holds a word of each required set
+    # How sure the model is of this caption (showtell.confidence): .sure, .label
+    # ("fairly sure" / "not sure"), .value and the model's .threshold.
+    confidence: Confidence | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class Captioner:
         # vocabulary size, encoder weights and any stored val/test scores.
         self.card = {k: ckpt[k] for k in CARD_KEYS if k in ckpt}
         self.card["vocab_size"] = len(ckpt["vocab"])
+        # The "not sure" threshold stored with the model (showtell.confidence.threshold_of).
+        self.confidence_threshold = threshold_of(ckpt)
         # What runs the encoder (runtime, batch, precision, mirror averaging: the
         # feature cache's runner too). ONNX Runtime's idle threads must not spin:
         # between photos the decoder needs the cores.
@@ -139,8 +147,9 @@ class Captioner:
 
     def _scored(self, h: Hypothesis, found: Captions) -> ScoredCaption:
         words = tuple(tuple(self.vocab.words[w] for w in c) for c in found.constraints)
-        return ScoredCaption(" ".join(self.vocab.decode(h.tokens)), h.logprob, h.score, tuple(found.tags), words,
-                             found.meets(h))
+        text = " ".join(self.vocab.decode(h.tokens))
+        return ScoredCaption(text, h.logprob, h.score, tuple(found.tags), words, found.meets(h),
+                             caption_confidence(text, h.logprob, self.confidence_threshold))
 
     def _caption(self, enc: EncoderOutput, opts: DecodeOptions, attention: bool = False) -> list[Captions]:
         return self.model.caption(enc.for_decoder(self.model.feature_kind), opts, enc.pooled, attention=attention,

@@ -25,6 +25,9 @@ from typing import Any, Callable, Sequence
 
 from .config import DataConfig, ModelConfig, TrainConfig, parse_dataset_spec
 
+# showtell.captioner.GUIDANCE_THRESHOLD, spelled out for --help, which must not
+# import torch (tests/test_product.py checks that the two agree).
+GUIDANCE_DEFAULT = 0.8
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "config.json")  # what training writes into --out
 
@@ -59,6 +62,28 @@ _HELP = {
     "val_max_images": "validate on the first N val images only (0: all)",
     "max_images": "use at most the first N photos of each split, for smoke runs (0: all)",
     "amp": "mixed precision on CUDA",
+    "embed_dim": "word embedding size",
+    "hidden_dim": "LSTM hidden size",
+    "attention_dim": "show_attend_tell: attention layer size",
+    "num_layers": "show_tell: LSTM layers",
+    "dropout": "dropout before the output layer",
+    "train_split": "the split trained on",
+    "val_split": "the split validated on (picks best.pt)",
+    "min_word_count": "words seen fewer times in the training captions become <unk>",
+    "max_caption_len": "words; longer training captions are truncated",
+    "epochs": "passes over the training split",
+    "batch_size": "captions per step (scst: images); under torchrun, the global batch",
+    "lr": "Adam learning rate of the decoder",
+    "encoder_lr": "--fine-tune-encoder: learning rate of the encoder's last stage",
+    "weight_decay": "Adam weight decay",
+    "grad_clip": "clip gradients to this norm",
+    "lr_decay": "multiply the learning rate by this every --lr-decay-every epochs",
+    "lr_decay_every": "epochs between learning-rate decays",
+    "max_decode_len": "longest caption (words) when validating",
+    "seed": "random seed (data order, initial weights, dropout)",
+    "objective": "xe (cross-entropy, teacher forcing) or scst (self-critical, CIDEr-D reward)",
+    "scst_samples": "scst: captions sampled per image",
+    "scst_baseline": "scst: mean (of the image's other samples) or greedy",
 }
 
 
@@ -422,14 +447,14 @@ EVALUATE_DESCRIPTION = ("Score a checkpoint on a split with BLEU-1..4, METEOR, R
 
 def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     """What evaluate and compare share: the split, its data, and how captions are decoded."""
-    p.add_argument("--split", default="test", choices=DataConfig.SPLITS)
+    p.add_argument("--split", default="test", choices=DataConfig.SPLITS, help="the split captioned (default test)")
     p.add_argument("--beam-size", type=int, default=3, help="1 = greedy (default 3, as caption())")
-    p.add_argument("--max-len", type=int, default=20)
+    p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default 20, as caption())")
     guidance = p.add_mutually_exclusive_group()
     guidance.add_argument("--no-guidance", action="store_true", help="plain captions (no ImageNet-guided words)")
     guidance.add_argument("--guidance-threshold", type=float, default=None, metavar="P",
                           help="guided captions: each must name an ImageNet tag at least this probable "
-                               "(default: caption()'s, showtell.captioner.GUIDANCE_THRESHOLD)")
+                               f"(default {GUIDANCE_DEFAULT}, as caption())")
     p.add_argument("--dataset", default=None, choices=DataConfig.DATASETS,
                    help="score on another dataset than the one stored in the checkpoint (with its "
                         "--annotations/--image-root or --data-root), e.g. coco-mini's photos out of domain")
@@ -437,18 +462,18 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="score on this dataset (a Flickr8k folder, a COCO folder such as coco-2733 or coco-mini, "
                         "or a Karpathy dataset_*.json; as train.py --data takes them), not the checkpoint's")
     p.add_argument("--data-root", default=None, help="override the dataset location stored in the checkpoint")
-    p.add_argument("--image-root", default=None)
-    p.add_argument("--annotations", default=None)
-    p.add_argument("--val-annotations", default=None)
-    p.add_argument("--val-image-root", default=None)
+    p.add_argument("--image-root", default=None, help="coco/karpathy: " + _HELP["image_root"].split(": ")[1])
+    p.add_argument("--annotations", default=None, help=_HELP["annotations"])
+    p.add_argument("--val-annotations", default=None, help=_HELP["val_annotations"])
+    p.add_argument("--val-image-root", default=None, help=_HELP["val_image_root"])
     _add_length_penalty(p)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: $SHOWTELL_CACHE or ~/.cache/showtell)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _fill_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="the model to score (e.g. runs/flickr8k/best.pt)")
     _add_scoring_flags(p)
     p.add_argument("--output", default=None, help="write [{image_id, caption}] JSON here")
     p.add_argument("--store", action="store_true",
@@ -659,8 +684,12 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
 
 CAPTION_DESCRIPTION = ("Caption photos, or every photo in a folder (by extension: "
-                       + " ".join(IMAGE_EXTENSIONS) + "). A bad file is reported and the others still "
-                       "captioned; the exit status is 1 if any failed.")
+                       + " ".join(IMAGE_EXTENSIONS) + "). A caption the model is not sure of ends with "
+                       "'(not sure)'. A file that cannot be captioned (missing, unreadable, not an image) is "
+                       "reported and the others still captioned. Exit status: 0 every image captioned; 1 "
+                       "some image could not be, or the work failed (e.g. a corrupt checkpoint); 2 the "
+                       "command line is wrong (a flag out of range, no such checkpoint), found before any "
+                       "work starts.")
 
 
 def _positive(text: str) -> int:
@@ -681,9 +710,12 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files and folders of images")
     p.add_argument("--recursive", "-r", action="store_true", help="also the images in folders within folders")
     p.add_argument("--checkpoint", default=None, help="a trained model (default: the bundled one)")
-    p.add_argument("--beam-size", type=int, default=3)
-    p.add_argument("--n-best", type=int, default=1, help="captions per image")
-    p.add_argument("--max-len", type=int, default=20)
+    p.add_argument("--beam-size", type=int, default=3,
+                   help="captions kept at each step of beam search; 1 = greedy (default 3)")
+    p.add_argument("--n-best", type=int, default=1,
+                   help="captions per image, best first, each with the score it is ranked by; at most "
+                        "--beam-size (a larger value is an error, as on the web page) (default 1)")
+    p.add_argument("--max-len", type=int, default=20, help="longest caption in words (default 20)")
     _add_length_penalty(p)
     p.add_argument("--batch-size", type=_positive, default=32,
                    help="images decoded together; results are printed batch by batch (default 32)")
@@ -694,7 +726,7 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                           help="plain captions: do not make them name what the encoder's ImageNet classifier sees")
     guidance.add_argument("--guidance-threshold", type=float, default=None, metavar="P",
                           help="a caption must name an ImageNet tag at least this probable, 0 < P <= 1 "
-                               "(default: showtell.captioner.GUIDANCE_THRESHOLD)")
+                               f"(default {GUIDANCE_DEFAULT})")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda when available)")
     _add_encoder_runtime(p)
     p.add_argument("--mirror-average", action="store_true",
@@ -725,13 +757,29 @@ def _guidance_options(args: argparse.Namespace) -> dict:
     return {}
 
 
+def caption_lines(path: str, captions) -> list[str]:
+    """The text output of one image: ``PATH<TAB>caption`` for the best caption,
+    or with ``--n-best`` one line per caption, ``PATH<TAB>score<TAB>caption``,
+    the score being what the captions are ranked by (log-probability per word
+    at the default length penalty). A caption the model is not sure of ends
+    with ``(not sure)`` (showtell.confidence)."""
+    from .confidence import with_mark
+
+    if len(captions) == 1:
+        return [f"{path}\t{with_mark(captions[0].text, captions[0].confidence)}"]
+    return [f"{path}\t{c.score:.3f}\t{with_mark(c.text, c.confidence)}" for c in captions]
+
+
 def caption_json(path: str, captions) -> dict:
-    """The ``--json`` line of one image: its captions, with the ImageNet word
+    """The ``--json`` line of one image: its captions (best first, each with
+    the score it was ranked by and its summed log-probability), how sure the
+    model is of the best one (the web API's ``confidence``), the ImageNet word
     tags of the photo and the words its captions had to use."""
     first = captions[0]
     return {"image": path,
-            "captions": [{"caption": c.text, "logprob": round(c.logprob, 4), "score": round(c.score, 4),
-                          "satisfied": c.satisfied} for c in captions],
+            "captions": [{"caption": c.text, "score": round(c.score, 4), "logprob": round(c.logprob, 4),
+                          "sure": c.confidence.sure, "satisfied": c.satisfied} for c in captions],
+            "confidence": first.confidence.as_dict(),
             "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
                      for t in first.tags],
             "required": [list(words) for words in first.required]}
@@ -750,9 +798,12 @@ def expand_images(paths: Sequence[str], recursive: bool = False) -> list[str | t
     """``paths`` with each folder replaced by its image files (by extension,
     sorted; with ``recursive`` also those in subfolders). Files are kept as
     given, whatever their name: the caller asked for them. A folder with no
-    image becomes ``(folder, problem)``."""
+    image, or a path that does not exist, becomes ``(path, problem)``."""
     out: list[str | tuple[str, str]] = []
     for path in paths:
+        if not os.path.lexists(path):  # reported at once, like an unreadable image (exit status 1)
+            out.append((path, f"{path}: no such file"))
+            continue
         if not os.path.isdir(path):
             out.append(path)
             continue
@@ -822,11 +873,8 @@ def _caption(args: argparse.Namespace) -> int:
                 _write_attention(captioner, path, args.attention, options)
             if args.json:
                 print(json.dumps(caption_json(path, result)))
-            elif args.n_best == 1:
-                print(f"{path}\t{result[0].text}")
             else:
-                for c in result:
-                    print(f"{path}\t{c.logprob:.3f}\t{c.text}")
+                print("\n".join(caption_lines(path, result)))
         sys.stdout.flush()  # a long folder streams its results batch by batch
         bar.update(len(chunk))
     bar.close()
@@ -857,8 +905,8 @@ EXPORT_DESCRIPTION = "Strip a checkpoint to the model alone (no optimizer), opti
 
 
 def _fill_export_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("checkpoint")
-    p.add_argument("output")
+    p.add_argument("checkpoint", help="a checkpoint (best.pt or last.pt)")
+    p.add_argument("output", help="where to write the model")
     p.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
     return p
 
@@ -879,7 +927,7 @@ def _export(args: argparse.Namespace) -> int:
     model = CaptionModel.from_checkpoint(ckpt)
     out = model.checkpoint(config_from_dict(DataConfig, ckpt["data_config"]),
                            config_from_dict(TrainConfig, ckpt["train_config"]), half=args.fp16)
-    for key in ("val_scores", "test_scores"):
+    for key in ("val_scores", "test_scores", "calibration"):  # calibration: the model's "not sure" threshold
         if key in ckpt:
             out[key] = ckpt[key]
     save_checkpoint(out, args.output)

@@ -49,7 +49,7 @@ class ModelConfig:
     """The encoder and decoder architecture."""
 
     encoder: str = "efficientnet_lite0"  # one of ENCODERS
-    decoder: str = "show_tell"  # "show_tell" (NIC) or "show_attend_tell"
+    decoder: str = "show_attend_tell"  # soft attention (what the bundled model and the page show); or "show_tell" (NIC)
     embed_dim: int = 512
     hidden_dim: int = 512
     attention_dim: int = 512  # show_attend_tell only

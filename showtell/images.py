@@ -30,6 +30,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 # request under the 300 MB the web app budgets for it.
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+PIXELS_ADVICE = (f"Please upload a photo of at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels "
+                 f"(the model reads 224x224: a smaller copy captions the same).")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # The most bytes read from one file or accepted as raw bytes: the web app's
@@ -56,8 +58,27 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 _STRIP_PIXELS = 2_000_000  # pixels converted at a time when shrinking a large photo
 
 
+# What to do instead, when nothing more specific fits (a corrupt file, an unknown format).
+FORMAT_ADVICE = "Please upload a JPEG, PNG, WebP, GIF or BMP photo."
+
+
 class ImageError(ValueError):
-    """An input that cannot be captioned; the message says why."""
+    """An input that cannot be captioned; the message says why and ``advice``
+    what would work instead (the web page shows it after the message)."""
+
+    def __init__(self, message: str, advice: str = FORMAT_ADVICE):
+        super().__init__(message)
+        self.advice = advice
+
+
+def _crop_advice(width: int, height: int) -> str:
+    """What to do with a strip too long and thin to caption: the largest crop that passes."""
+    if width >= height:
+        crop = f"{MAX_ASPECT_RATIO * height}x{height}"
+    else:
+        crop = f"{width}x{MAX_ASPECT_RATIO * width}"
+    return (f"Crop it to at most {MAX_ASPECT_RATIO}:1 (here at most {crop}), or caption it in parts: "
+            f"the model squashes every photo to a square.")
 
 
 def _name(source: Any) -> str:
@@ -80,10 +101,11 @@ def _check_size(width: int, height: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"the image has no pixels ({width}x{height})")
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageError(f"the image is too large ({width}x{height}; limit {MAX_IMAGE_PIXELS:,} pixels)")
+        raise ImageError(f"the image is too large ({width}x{height}; limit {MAX_IMAGE_PIXELS:,} pixels)",
+                         PIXELS_ADVICE)
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageError(f"the image is {width}x{height}, too long and thin to caption "
-                         f"(aspect ratio over {MAX_ASPECT_RATIO}:1)")
+                         f"(aspect ratio over {MAX_ASPECT_RATIO}:1)", _crop_advice(width, height))
 
 
 _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
@@ -152,10 +174,10 @@ def _open_bytes(data: bytes, name: str, target_size: tuple[int, int] | None) -> 
                 img.draft(None, (side, side))
             img.load()  # decode now, so a truncated file fails here
     except ImageError as e:
-        raise ImageError(f"{name}: {e}") from None
+        raise ImageError(f"{name}: {e}", e.advice) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name}: the image is too large to decode safely "
-                         f"(limit {MAX_IMAGE_PIXELS:,} pixels): {e}") from e
+                         f"(limit {MAX_IMAGE_PIXELS:,} pixels): {e}", PIXELS_ADVICE) from e
     except UnidentifiedImageError as e:
         raise ImageError(f"{name}: not an image in a supported format "
                          f"({', '.join(FORMATS)}; Pillow cannot identify it as one)") from e

@@ -5,7 +5,7 @@
 lives here so it can be tested without a server:
 
 * :func:`caption_image` is the API's handler as a plain function: the best
-  caption, the n-best list with each caption's share, a confidence signal, the
+  caption, the n-best list with the score each is ranked by, a confidence signal, the
   time taken, and what the encoder recognised (the tags that guided the caption);
 * :func:`page_outputs` is the page's handler as a plain function: the same
   from one caption of the photo, plus where the model looked for each word,
@@ -47,7 +47,6 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from gradio.route_utils import FnIndexInferError  # noqa: E402
 
 from .captioner import Captioner, Description, Explanation  # noqa: E402
-from .confidence import confidence  # noqa: E402
 from .images import MAX_IMAGE_PIXELS, ImageError, load_image  # noqa: E402
 from .overlay import attention_overlay, fit_within  # noqa: E402
 
@@ -81,10 +80,19 @@ LOG_LINE_CHARS = 2000  # the longest line written to the server's stdout / stder
 # Override with --concurrency / SHOWTELL_CONCURRENCY.
 DEFAULT_CONCURRENCY = 2
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this get "Queue is full"
-TABLE_HEADERS = ["#", "caption", "share (%)"]
+# The n-best table: each caption with the score it is ranked by (the log-probability
+# per word, the page's length penalty being 1), the same number `showtell caption
+# --n-best` prints.
+SCORE_HEADER = "log-prob per word"
+TABLE_HEADERS = ["#", "caption", SCORE_HEADER]
 
 CSS = """
 #best-caption textarea { font-size: 1.6rem !important; font-weight: 600; line-height: 1.3; }
+/* Gradio sizes the textarea from its text once, when the caption arrives; a
+   window narrowed later (a phone turned, a resize) wraps it onto more lines.
+   field-sizing lets the box follow its text at every width, so it never clips. */
+#best-caption textarea { field-sizing: content; height: auto !important; min-height: 2lh;
+                         overflow-y: hidden !important; }
 #message:not(:empty) .prose, #message .st-message { color: var(--error-text-color); }
 .st-message { border: 1px solid var(--error-border-color); background: var(--error-background-fill);
               border-radius: 8px; padding: 0.6em 0.8em; font-weight: 600; }
@@ -94,8 +102,8 @@ CSS = """
 .st-nbest { width: 100%; border-collapse: collapse; table-layout: auto; }
 .st-nbest th, .st-nbest td { padding: 0.35em 0.5em; border-bottom: 1px solid var(--border-color-primary);
                              text-align: left; vertical-align: top; }
-.st-nbest th.rank, .st-nbest td.rank, .st-nbest th.share, .st-nbest td.share { white-space: nowrap; width: 1%; }
-.st-nbest td.share, .st-nbest th.share { text-align: right; font-variant-numeric: tabular-nums; }
+.st-nbest th.rank, .st-nbest td.rank, .st-nbest th.score, .st-nbest td.score { white-space: nowrap; width: 1%; }
+.st-nbest td.score, .st-nbest th.score { text-align: right; font-variant-numeric: tabular-nums; }
 .st-nbest td.caption { overflow-wrap: anywhere; }
 #timing { font-size: 0.8rem; opacity: 0.75; }
 #message:not(:has(.st-message)), #confidence:not(:has(.st-confidence)), #nbest:not(:has(table)) { display: none; }
@@ -157,14 +165,6 @@ def _display_name(image: Any) -> str:
     return "the image"
 
 
-def _shares(scores: Sequence[float]) -> list[float]:
-    """Each caption's share in %, one decimal: the softmax of the scores the
-    captions were ranked by, so shares fall with the rank."""
-    top = max(scores)
-    weights = [math.exp(x - top) for x in scores]
-    return [round(100.0 * w / sum(weights), 1) for w in weights]
-
-
 def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEAM,
                   num_captions: Any = DEFAULT_CAPTIONS) -> dict[str, Any]:
     """Caption one image for the page and the API.
@@ -173,17 +173,17 @@ def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEA
     bytes (a ``data:`` URL), a ``PIL.Image`` or a numpy array. Returns::
 
         {"caption": best caption,
-         "captions": [{"rank", "caption", "share", "logprob"}, ...],  # best first
+         "captions": [{"rank", "caption", "score", "logprob", "sure"}, ...],  # best first
          "confidence": {"signal", "value", "threshold", "sure", "label"},
          "tags": [{"words", "prob", "classes"}, ...],  # what the encoder's ImageNet head sees
          "required": [[words], ...],  # the tags the caption had to name (guided captioning), or []
          "seconds": time spent on this request}
 
-    ``share`` is the softmax over the n-best list of the scores the captions
-    were ranked by, in % (one decimal; they add up to 100): with the default
-    length penalty 1 a score is the log-probability per word, so a longer
-    caption is not penalised for its length, and shares fall with the rank. ``num_captions`` larger than
-    ``beam_size`` is clamped to it (a beam of k yields at most k captions).
+    ``score`` is what the captions were ranked by: the log-probability per
+    word (length penalty 1, as ``caption()``), the number ``showtell caption
+    --n-best`` prints; ``sure`` is that caption's confidence (the best one's is
+    ``confidence``). ``num_captions`` larger than ``beam_size`` is refused, as
+    in ``caption()`` and the command line (a beam of k keeps k captions).
 
     Raises ``gr.Error`` with a clear message for a missing or unreadable image
     or an out-of-range option.
@@ -201,7 +201,9 @@ def _described(captioner: Captioner, image: Any, beam_size: Any, num_captions: A
     if image is None:
         raise gr.Error(NO_IMAGE, print_exception=False)
     beam = _option(beam_size, "Beam size", 1, MAX_BEAM)
-    n = min(_option(num_captions, "Number of captions", 1, MAX_CAPTIONS), beam)
+    n = _option(num_captions, "Number of captions", 1, MAX_CAPTIONS)
+    if n > beam:
+        raise gr.Error(n_best_problem(n, beam), print_exception=False)
     try:
         found = captioner.describe(image, attention=attention and captioner.model.decoder.has_attention,
                                    beam_size=beam, n_best=n)
@@ -210,14 +212,21 @@ def _described(captioner: Captioner, image: Any, beam_size: Any, num_captions: A
     caps = [c for c in found.captions if math.isfinite(c.logprob)]
     if not caps:
         raise gr.Error("The model produced no caption for this image.", print_exception=False)
-    rows = [{"rank": rank, "caption": c.text, "share": share, "logprob": round(c.logprob, 4)}
-            for rank, (c, share) in enumerate(zip(caps, _shares([c.score for c in caps])), start=1)]
-    out = {"caption": caps[0].text, "captions": rows, "confidence": confidence(caps).as_dict(),
+    rows = [{"rank": rank, "caption": c.text, "score": round(c.score, 4), "logprob": round(c.logprob, 4),
+             "sure": c.confidence.sure} for rank, c in enumerate(caps, start=1)]
+    out = {"caption": caps[0].text, "captions": rows, "confidence": caps[0].confidence.as_dict(),
            "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
                     for t in caps[0].tags],
            "required": [list(words) for words in caps[0].required],
            "seconds": round(time.perf_counter() - t0, 3)}
     return out, found
+
+
+def n_best_problem(n: int, beam: int) -> str:
+    """The one rule for more captions than beams, on the page, the API and
+    the command line: refused, saying what to change."""
+    return (f"Number of captions ({n}) is more than the beam size ({beam}): a beam of {beam} keeps at most "
+            f"{beam} captions. Raise the beam size or lower the number of captions.")
 
 
 def _image_problem(image: Any, error: Exception) -> str:
@@ -229,7 +238,8 @@ def _image_problem(image: Any, error: Exception) -> str:
         msg = msg[len("image bytes: "):]
     if not msg.startswith(name + ":"):
         msg = f"{name}: {msg}"
-    return f"Could not caption {msg.rstrip('.')}. {ACCEPTED}"
+    # The advice that fits the problem (a panorama: crop it; a bomb: fewer pixels).
+    return f"Could not caption {msg.rstrip('.')}. {getattr(error, 'advice', '') or ACCEPTED}"
 
 
 def attention_gallery(captioner: Captioner, image: Any, beam_size: int) -> list[tuple[Any, str]]:
@@ -268,16 +278,85 @@ def page_outputs(captioner: Captioner, image: Any, beam_size: Any, num_captions:
             "tags": _tags_markdown(out["tags"], out["required"])}
 
 
-def model_card(captioner: Captioner) -> str:
-    """Markdown about the served model, from what its checkpoint stores."""
-    card = captioner.card
-    m, d = card.get("model_config", {}), card.get("data_config", {})
+# How the model card names each stored score, and its unit. Every metric is x100,
+# as `showtell evaluate` prints it.
+SCORE_LABELS = {"bleu1": ("BLEU-1", ""), "bleu2": ("BLEU-2", ""), "bleu3": ("BLEU-3", ""), "bleu4": ("BLEU-4", ""),
+                "cider": ("CIDEr-D", ""), "meteor": ("METEOR", ""), "rouge_l": ("ROUGE-L", ""),
+                "distinct_captions": ("distinct captions", " %"), "mean_length": ("mean caption length", " words")}
+# The photos in each split of Flickr8k's official files (the other datasets vary).
+SPLIT_PHOTOS = {"flickr8k": {"train": 6000, "val": 1000, "test": 1000}}
+_DECODING_KEYS = ("beam_size", "guidance_threshold", "length_penalty", "images", "notes")
+
+
+def _scores_text(scores: dict) -> str:
+    """Stored scores with their names and units, e.g. "BLEU-4 21.7, CIDEr-D 52.9,
+    distinct captions 82.0 %"; an unknown key is spelled out, never shown raw."""
+    parts = []
+    for key, value in scores.items():
+        if key in _DECODING_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        label, unit = SCORE_LABELS.get(key, (key.replace("_", " "), ""))
+        parts.append(f"{label} {value:.1f}{unit}")
+    return ", ".join(parts)
+
+
+def _decoding_text(scores: dict) -> str:
+    """How the stored test scores were decoded ("1,000 photos, beam 3, guided at 0.8, length penalty 1")."""
+    parts = [f"{scores['images']:,} photos"] if isinstance(scores.get("images"), int) else []
+    if "beam_size" in scores:
+        parts.append("greedy" if scores["beam_size"] == 1 else f"beam {scores['beam_size']}")
+    if "guidance_threshold" in scores:
+        g = scores["guidance_threshold"]
+        parts.append("unguided" if g is None else f"guided at {g:g}")
+    if "length_penalty" in scores:
+        parts.append(f"length penalty {scores['length_penalty']:g}")
+    return ", ".join(parts)
+
+
+def _data_text(d: dict) -> str:
+    """The data a model was trained on, as far as its data config says: the
+    dataset(s), the training split, how many photos it holds and any --max-images."""
+    if d.get("datasets"):
+        return _datasets_text(d)
     dataset = d.get("dataset", "?")
     data = {"flickr8k": "Flickr8k", "coco": "MS-COCO", "karpathy": "Karpathy split"}.get(dataset, dataset)
     source = d.get("annotations") or d.get("data_root") or ""
     if dataset != "flickr8k" and source:
         data += f" ({os.path.basename(source.rstrip('/'))})"
-    data += f", {d.get('train_split', 'train')} split"
+    split = d.get("train_split", "train")
+    total = SPLIT_PHOTOS.get(dataset, {}).get(split)
+    cap = d.get("max_images") or 0
+    if cap and total:
+        return f"{data}, {split} split: the first {min(cap, total):,} of its {total:,} photos (--max-images {cap})"
+    if cap:
+        return f"{data}, {split} split: at most its first {cap:,} photos (--max-images {cap})"
+    return f"{data}, {split} split" + (f" ({total:,} photos)" if total else "")
+
+
+def _datasets_text(d: dict) -> str:
+    """Several datasets trained together (train.py --data, each NAME=PATH@WEIGHT)."""
+    from .config import parse_dataset_spec
+
+    split, cap = d.get("train_split", "train"), d.get("max_images") or 0
+    parts = []
+    for spec in d["datasets"]:
+        source = parse_dataset_spec(spec)
+        known = SPLIT_PHOTOS.get(source.name) or SPLIT_PHOTOS.get(os.path.basename(source.path.rstrip("/")), {})
+        total = known.get(split)
+        details = [f"{split} split"]
+        if total:
+            details.append(f"the first {min(cap, total):,} of its {total:,} photos" if cap else f"{total:,} photos")
+        if source.weight != 1:
+            details.append(f"weight {source.weight:g}: each caption seen {source.weight:g} times an epoch")
+        parts.append(f"{source.name} ({', '.join(details)})")
+    text = " and ".join(parts) + ", one vocabulary over all"
+    return text + (f" (--max-images {cap})" if cap else "")
+
+
+def model_card(captioner: Captioner) -> str:
+    """Markdown about the served model, from what its checkpoint stores."""
+    card = captioner.card
+    m, d = card.get("model_config", {}), card.get("data_config", {})
     decoder = {"show_attend_tell": "Show, Attend and Tell (LSTM with soft attention over the encoder's grid)",
                "show_tell": "Show and Tell / NIC (LSTM, the image as its first input)"}.get(
         m.get("decoder"), m.get("decoder", "?"))
@@ -285,18 +364,22 @@ def model_card(captioner: Captioner) -> str:
     if card.get("encoder_weights"):
         encoder += f", weights {card['encoder_weights']}"
     encoder += ")"
-    lines = [f"- **Trained on:** {data}",
+    lines = [f"- **Trained on:** {_data_text(d)}",
              f"- **Encoder:** {encoder}",
              f"- **Decoder:** {decoder}; hidden size {m.get('hidden_dim', '?')}",
              f"- **Vocabulary:** {card.get('vocab_size', 0):,} words"]
-    for key, what in (("val_scores", "Validation"), ("test_scores", "Test")):
+    val_split = d.get("val_split", "val")
+    for key, what in (("val_scores", f"Validation scores ({val_split} split, greedy, while training; x100)"),
+                      ("test_scores", "Test scores (`showtell evaluate --store`; x100)")):
         scores = card.get(key)
-        if scores:
-            shown = ", ".join(f"{k.upper().replace('BLEU', 'BLEU-')} {v:.1f}" for k, v in scores.items()
-                              if isinstance(v, (int, float)))
-            lines.append(f"- **{what} scores** (stored in the checkpoint): {shown}")
+        shown = _scores_text(scores) if scores else ""
+        if shown:
+            how = _decoding_text(scores)
+            lines.append(f"- **{what}:** {shown}" + (f" ({how})" if how else ""))
         else:
-            lines.append(f"- **{what} scores:** none stored in the checkpoint")
+            lines.append(f"- **{what.split(' (')[0]}:** none stored in the checkpoint")
+    lines.append(f"- **Confidence:** \"not sure\" below a log-probability per word of "
+                 f"{captioner.confidence_threshold:g}")
     lines.append(f"- **File:** `{os.path.basename(captioner.checkpoint)}`")
     return "\n".join(lines)
 
@@ -304,18 +387,19 @@ def model_card(captioner: Captioner) -> str:
 def _confidence_html(conf: dict) -> str:
     if conf["sure"]:
         return (f'<span class="st-confidence sure">fairly sure</span> '
-                f'<small>mean word log-probability {conf["value"]:.2f} '
+                f'<small>log-probability per word {conf["value"]:.2f} '
                 f'(not sure below {conf["threshold"]:.2f})</small>')
     return (f'<span class="st-confidence unsure">not sure</span> '
-            f'<small>mean word log-probability {conf["value"]:.2f}, below {conf["threshold"]:.2f}: '
+            f'<small>log-probability per word {conf["value"]:.2f}, below {conf["threshold"]:.2f}: '
             f'the photo may be unlike what the model was trained on</small>')
 
 
 def _nbest_html(rows: list[dict]) -> str:
     body = "".join(f'<tr><td class="rank">{r["rank"]}</td><td class="caption">{html.escape(r["caption"])}</td>'
-                   f'<td class="share">{r["share"]:.1f}&nbsp;%</td></tr>' for r in rows)
+                   f'<td class="score">{r["score"]:.3f}</td></tr>' for r in rows)
     return ('<table class="st-nbest"><thead><tr><th class="rank">#</th><th>caption</th>'
-            f'<th class="share">share</th></tr></thead><tbody>{body}</tbody></table>')
+            f'<th class="score" title="what the captions are ranked by; higher is better">{SCORE_HEADER}</th>'
+            f'</tr></thead><tbody>{body}</tbody></table>')
 
 
 def _tags_markdown(tags: Sequence[dict], required: Sequence[Sequence[str]]) -> str:
@@ -424,12 +508,12 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> 
 
     def api_caption(image, beam_size=DEFAULT_BEAM, num_captions=DEFAULT_CAPTIONS):
         """Caption a photo. Returns the best caption, the n-best table (#,
-        caption, share of the n-best in %) and the details: confidence
+        caption, log-probability per word: what the captions are ranked by) and the details: confidence
         ("sure" false means not sure), what the encoder's ImageNet head sees
         (tags) and which of it the caption had to name (required), seconds, and
         every caption's log-probability."""
         out = caption_image(captioner, image, beam_size, num_captions)
-        table = [[r["rank"], r["caption"], r["share"]] for r in out["captions"]]
+        table = [[r["rank"], r["caption"], r["score"]] for r in out["captions"]]
         return out["caption"], {"headers": TABLE_HEADERS, "data": table}, out
 
     def page_caption(image, beam_size, num_captions):
@@ -451,7 +535,7 @@ def build_demo(captioner: Captioner, concurrency: int = DEFAULT_CONCURRENCY) -> 
                                    info="More beams search more captions (slower).", elem_id="beam-size")
                     nbest = _slider("Number of captions", 1, MAX_CAPTIONS, value=DEFAULT_CAPTIONS,
                                     label="Number of captions",
-                                    info="At most the beam size (larger values are clamped).",
+                                    info="At most the beam size.",
                                     elem_id="num-captions")
                 button = gr.Button("Caption", variant="primary", elem_id="caption-btn")
                 with gr.Accordion("About this model", open=False, elem_id="model-card"):

@@ -87,20 +87,18 @@ def captioner():
 
 
 def _check_rows(best, rows, n):
-    """rows: the API table's [#, caption, share %] rows."""
+    """rows: the API table's [#, caption, log-prob per word] rows."""
     assert isinstance(best, str) and best.strip()
     assert len(rows) == n
     assert [r[0] for r in rows] == list(range(1, n + 1))
     assert rows[0][1] == best
     assert all(isinstance(r[1], str) and r[1].strip() for r in rows)
-    shares = [r[2] for r in rows]
-    assert shares == sorted(shares, reverse=True)
-    assert all(s == round(s, 1) for s in shares)  # one decimal, always
-    assert sum(shares) == pytest.approx(100, abs=0.1 * n)
+    scores = [r[2] for r in rows]  # what the captions are ranked by: best first
+    assert scores == sorted(scores, reverse=True) and all(x < 0 for x in scores)
 
 
 def _table(out):
-    return [[r["rank"], r["caption"], r["share"]] for r in out["captions"]]
+    return [[r["rank"], r["caption"], r["score"]] for r in out["captions"]]
 
 
 def test_handler_returns_best_caption_and_sorted_n_best(captioner):
@@ -111,6 +109,8 @@ def test_handler_returns_best_caption_and_sorted_n_best(captioner):
     # Ranked by log-probability per word (<end> included): the default length penalty 1.
     per_word = [r["logprob"] / (len(r["caption"].split()) + 1) for r in out["captions"]]
     assert per_word == sorted(per_word, reverse=True)
+    # The score shown is that number: the one the CLI prints and the captions are ranked by.
+    assert [r["score"] for r in out["captions"]] == pytest.approx(per_word, abs=1e-3)
     out5 = caption_image(captioner, str(PHOTO), beam_size=5, num_captions=5)
     _check_rows(out5["caption"], _table(out5), 5)
     assert len({r["caption"] for r in out5["captions"]}) == 5
@@ -143,9 +143,12 @@ def test_handler_takes_pil_and_numpy_and_float_sliders(captioner):
     assert _table(caption_image(captioner, PHOTO.read_bytes(), "2", 1)) == expected
 
 
-def test_handler_clamps_captions_to_beam_size(captioner):
-    out = caption_image(captioner, str(PHOTO), beam_size=2, num_captions=5)
-    _check_rows(out["caption"], _table(out), 2)
+def test_more_captions_than_beams_is_refused_as_in_the_cli(captioner):
+    # One rule everywhere (caption(), the CLI, the page and the API): refused, naming both numbers.
+    with pytest.raises(gr.Error, match=r"Number of captions \(5\) is more than the beam size \(2\)"):
+        caption_image(captioner, str(PHOTO), beam_size=2, num_captions=5)
+    with pytest.raises(ValueError, match="n_best must be between 1 and beam_size"):
+        captioner(str(PHOTO), beam_size=2, n_best=5)
 
 
 @pytest.mark.parametrize("beam, n", [(0, 1), (11, 1), (2.5, 1), ("x", 1), (None, 1), ([3], 1), (True, 1),
@@ -160,19 +163,19 @@ def test_handler_without_image(captioner):
         caption_image(captioner, None)
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("not_image", "Could not caption notes.jpg: not an image"),
-    ("text", "Could not caption readme.txt: not an image"),
-    ("truncated", "Could not caption truncated.jpg: the image file is truncated"),
-    ("empty", "Could not caption empty.png: the file is empty"),
-    ("bomb", "Could not caption huge.png: the image is too large"),
+@pytest.mark.parametrize("kind, expected, advice", [
+    ("not_image", "Could not caption notes.jpg: not an image", "Please upload a JPEG, PNG"),
+    ("text", "Could not caption readme.txt: not an image", "Please upload a JPEG, PNG"),
+    ("truncated", "Could not caption truncated.jpg: the image file is truncated", "Please upload a JPEG, PNG"),
+    ("empty", "Could not caption empty.png: the file is empty", "Please upload a JPEG, PNG"),
+    ("bomb", "Could not caption huge.png: the image is too large", "of at most 64 megapixels"),
 ])
-def test_handler_names_the_problem_with_a_bad_file(captioner, bad_files, kind, expected):
+def test_handler_names_the_problem_with_a_bad_file(captioner, bad_files, kind, expected, advice):
     with pytest.raises(gr.Error) as info:
         caption_image(captioner, str(bad_files[kind]))
     msg = info.value.message
     assert msg.startswith(expected), msg
-    assert "Please upload a JPEG, PNG" in msg
+    assert advice in msg  # the advice that fits the problem
     assert str(bad_files[kind].parent) not in msg  # no server-side paths
 
 

@@ -117,7 +117,8 @@ def test_tiny_model_overfits_real_pairs_until_greedy_reproduces_caption(flickr8k
     caps, lengths, image_of = encode_captions(one_caption, vocab, max_len=40)
     caps = caps.long()
     torch.manual_seed(0)
-    dec = build_decoder(ModelConfig(embed_dim=64, hidden_dim=128, dropout=0.0), len(vocab), enc.feature_dim)
+    dec = build_decoder(ModelConfig(decoder="show_tell", embed_dim=64, hidden_dim=128, dropout=0.0), len(vocab),
+                        enc.feature_dim)  # NIC: pooled features
     opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
     for _ in range(300):
         logits = dec(feats[image_of], caps)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from showtell.captioner import Captioner
+from showtell.confidence import with_mark
 from showtell.datasets import read_flickr8k
 from showtell.decoding import DecodeOptions
 from showtell.encoders import EncoderOutput, mirror_averaged
@@ -88,4 +89,5 @@ def test_command_line_flags(tmp_path, capsys):
     photo = str(EXAMPLES / "cat.jpg")
     assert main(["caption", photo, "--mirror-average"]) == 0
     out = capsys.readouterr().out.strip().split("\t")
-    assert out == [photo, Captioner(mirror_average=True)(photo)]
+    (best,) = Captioner(mirror_average=True).caption_each([photo])[0]
+    assert out == [photo, with_mark(best.text, best.confidence)]  # "(not sure)" appended when it is not

@@ -204,9 +204,10 @@ class CaptionModel(nn.Module):
                           encoder=state(self.encoder) if keep_encoder else None, encoder_weights=weights_id,
                           encoder_weights_path=path or None, guidance=self.guidance.to_dict(), **fields)
 
-    def checkpoint(self, data_cfg: DataConfig, train_cfg: TrainConfig, half: bool = False) -> dict[str, Any]:
+    def checkpoint(self, data_cfg: DataConfig, train_cfg: TrainConfig, half: bool = False,
+                   **fields) -> dict[str, Any]:
         """The checkpoint dict of this model (:meth:`record`'s, as a file stores it)."""
-        return self.record(data_cfg, train_cfg, half).to_dict()
+        return self.record(data_cfg, train_cfg, half, **fields).to_dict()
 
     def load_weights(self, ckpt: Checkpoint | dict[str, Any]) -> "CaptionModel":
         """Load the decoder (and stored encoder) weights of a checkpoint, as float32."""

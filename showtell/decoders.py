@@ -7,32 +7,70 @@
   Image Caption Generation with Visual Attention", ICML 2015 (soft attention
   over the encoder's spatial map, with the gating scalar beta).
 
-Both share one interface, used by training, greedy decoding and beam search:
-- ``forward(features, captions)``: teacher-forced logits; with
-  ``return_attention=True`` also the attention weights (B, T-1, P) of a decoder
-  that has them (``has_attention``), None for one that does not; with
-  ``sampling=p`` scheduled sampling (each word fed back is, with probability p,
-  drawn from the model's own previous prediction; see :func:`fed_words`);
-- ``init_state(features)`` then ``step(tokens, state)``: one word at a time,
-  the state carried along (every state tensor has the batch on dim 0);
-- ``reorder_state(state, rows)``: the state of hypotheses ``rows``, for beam
-  search, where a hypothesis only ever takes over another of the same image;
-- ``decoding_steps()``: what inference should step (the three methods above):
-  the decoder itself, or for Show-Attend-Tell on a CPU in eval mode without
-  gradients :class:`FusedAttendSteps`, the same arithmetic in fewer, larger
-  matrix products.
-``feature_kind`` says which cached features a decoder reads: the pooled
-vector (B, C) or the spatial map (B, P, C).
+Both follow one contract, :class:`CaptionDecoder` (below), used by training,
+greedy decoding and beam search, and each is built from its own config
+(:data:`showtell.config.DECODER_CONFIGS`). To add a decoder: its config in
+``config.py``, its class in this file, listed in ``DECODERS`` (CONTRIBUTING.md).
 """
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, ShowAttendTellConfig, ShowTellConfig
 
 State = tuple[torch.Tensor, ...]
+
+
+@runtime_checkable
+class DecodingSteps(Protocol):
+    """What inference steps, one word at a time: a decoder itself, or a faster
+    copy of its arithmetic (:class:`FusedAttendSteps`)."""
+
+    def init_state(self, features: torch.Tensor) -> State:
+        """The state before the first word; every state tensor has the batch on dim 0."""
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (B,) -> logits (B, V) for the next word, and the new state."""
+
+    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
+        """The state of hypotheses ``rows`` (for beam search, where a hypothesis
+        only ever takes over another of the same image)."""
+
+
+@runtime_checkable
+class CaptionDecoder(DecodingSteps, Protocol):
+    """The contract every decoder of ``DECODERS`` keeps (an ``nn.Module``
+    built as ``cls(config, vocab_size, feature_dim)`` from its
+    ``config_class``), read by training, greedy decoding and beam search:
+
+    - ``forward(features, captions)``: teacher-forced logits; with
+      ``return_attention=True`` also the attention weights (B, T-1, P) of a
+      decoder that has them (``has_attention``), None for one that does not;
+      with ``sampling=p`` scheduled sampling (each word fed back is, with
+      probability p, drawn from the model's own previous prediction; see
+      :func:`fed_words`);
+    - ``init_state`` / ``step`` / ``reorder_state`` (:class:`DecodingSteps`);
+    - ``decoding_steps()``: what inference should step: the decoder itself,
+      or for Show-Attend-Tell on a CPU in eval mode without gradients
+      :class:`FusedAttendSteps`, the same arithmetic in fewer, larger matrix products;
+    - ``feature_kind``: which cached features it reads, the pooled vector
+      (B, C) ("pooled") or the spatial map (B, P, C) ("spatial").
+    """
+
+    config_class: type
+    feature_kind: str
+    has_attention: bool
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False,
+                sampling: float = 0.0):
+        """features, captions (B, T) = <start> w1 .. <end> <pad>.. -> logits (B, T-1, V)."""
+
+    def decoding_steps(self) -> DecodingSteps:
+        """What inference steps (see the class docstring)."""
 
 
 def fed_words(reference: torch.Tensor, previous_logits: torch.Tensor | None, sampling: float) -> torch.Tensor:
@@ -49,10 +87,11 @@ def fed_words(reference: torch.Tensor, previous_logits: torch.Tensor | None, sam
 
 
 class ShowTellDecoder(nn.Module):
+    config_class = ShowTellConfig
     feature_kind = "pooled"
     has_attention = False
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, feature_dim: int):
+    def __init__(self, cfg: ShowTellConfig, vocab_size: int, feature_dim: int):
         super().__init__()
         self.image_embed = nn.Linear(feature_dim, cfg.embed_dim)
         self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=0)
@@ -103,10 +142,11 @@ class ShowTellDecoder(nn.Module):
 
 
 class ShowAttendTellDecoder(nn.Module):
+    config_class = ShowAttendTellConfig
     feature_kind = "spatial"
     has_attention = True
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, feature_dim: int):
+    def __init__(self, cfg: ShowAttendTellConfig, vocab_size: int, feature_dim: int):
         super().__init__()
         d, h, a = cfg.embed_dim, cfg.hidden_dim, cfg.attention_dim
         self.feature_proj = nn.Sequential(nn.Linear(feature_dim, d), nn.ReLU(), nn.Dropout(cfg.dropout))
@@ -247,10 +287,12 @@ class FusedAttendSteps:
         return h.index_select(0, rows), c.index_select(0, rows), feats, keys, projected.index_select(0, rows)
 
 
-DECODERS = {"show_tell": ShowTellDecoder, "show_attend_tell": ShowAttendTellDecoder}
+# Each decoder under its config's name (showtell.config.DECODER_CONFIGS names them).
+DECODERS: dict[str, type[nn.Module]] = {cls.config_class.name: cls for cls in (ShowTellDecoder, ShowAttendTellDecoder)}
 
 
 def build_decoder(cfg: ModelConfig, vocab_size: int, feature_dim: int) -> nn.Module:
+    """The decoder ``cfg.decoder``, built from its own config ``cfg.decoder_config``."""
     if cfg.decoder not in DECODERS:
         raise ValueError(f"unknown decoder {cfg.decoder!r}; choose one of {sorted(DECODERS)}")
-    return DECODERS[cfg.decoder](cfg, vocab_size, feature_dim)
+    return DECODERS[cfg.decoder](cfg.decoder_config, vocab_size, feature_dim)

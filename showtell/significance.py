@@ -25,13 +25,16 @@ from typing import Sequence
 
 import numpy as np
 
+from .metric_registry import METRICS
 from .metrics import Tokens, _check_pairs
 
 MAX_N = 4
 # Columns of bleu_statistics: caption length, closest reference length, then
 # clipped matches and n-gram counts for n = 1..MAX_N.
 _HYP, _REF, _MATCH, _COUNT = 0, 1, 2, 2 + MAX_N
-RESAMPLED = ("bleu4", "cider", "rouge_l")
+# What compare resamples (showtell.metric_registry): BLEU-4 from summed
+# statistics, the others as means of per-photo scores.
+RESAMPLED = tuple(k for k, m in METRICS.items() if m.resampled)
 
 
 def bleu_statistics(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens]) -> np.ndarray:
@@ -86,8 +89,8 @@ def resampled_scores(weights: np.ndarray, bleu_stats: np.ndarray, per_image: dic
     :func:`bleu_statistics`, ``per_image`` metric -> (N,) scores."""
     w = weights.astype(np.float64)
     out = {"bleu4": bleu_from_statistics(w @ bleu_stats.astype(np.float64), 4)}
-    for name in ("cider", "rouge_l"):
-        if per_image.get(name) is not None:
+    for name in RESAMPLED:
+        if name != "bleu4" and per_image.get(name) is not None:
             out[name] = w @ np.asarray(per_image[name], dtype=np.float64) / weights.shape[1]
     return out
 

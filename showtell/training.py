@@ -44,7 +44,7 @@ from .distributed import Distributed, setup_distributed, teardown_distributed
 from .evaluation import caption_features, score_captions
 from .features import ConcatRows, FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
 from .metrics import CiderD, caption_statistics
-from .model import CaptionModel, encoder_weights_for
+from .model import CaptionModel
 from .objectives import CrossEntropy, SelfCritical
 from .text import Vocabulary, tokenize
 
@@ -406,13 +406,12 @@ class Run:
         rngs = self.dist.gather(_rng_state())
         if not self.dist.is_main:
             return
-        ck = self.model.checkpoint(self.data_cfg, self.train_cfg)
         o = self.opt
-        ck["training"] = {**self.state, "optimizer": o.optimizer.state_dict(), "scheduler": o.scheduler.state_dict(),
-                          "scaler": o.scaler.state_dict(), "rng": rngs[0]}
+        training = {**self.state, "optimizer": o.optimizer.state_dict(), "scheduler": o.scheduler.state_dict(),
+                    "scaler": o.scaler.state_dict(), "rng": rngs[0]}
         if self.dist.active:
-            ck["training"]["rng_ranks"] = rngs
-        save_checkpoint(ck, self.last_path)
+            training["rng_ranks"] = rngs
+        save_checkpoint(self.model.checkpoint(self.data_cfg, self.train_cfg, training=training), self.last_path)
 
 
 def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,
@@ -455,14 +454,12 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
     random.seed(train_cfg.seed)
     if source is not None:
         # Stored weights, or the weights the checkpoint names (--encoder-weights default
-        # allows downloading them, a file stands in for them).
-        encoder_weights = encoder_weights_for(source, override=None if encoder_weights in (None, "default")
-                                              else encoder_weights, allow_download=encoder_weights == "default")
-    model = CaptionModel.build(model_cfg, vocab, encoder_weights=encoder_weights)
-    if source is not None:
-        model.load_weights(source)
-        model.encoder.weights_id = source["encoder_weights"]
-    model.to(device)
+        # allows downloading them, a file stands in for them); its guidance map too.
+        model = CaptionModel.from_checkpoint(source, device, allow_download=encoder_weights == "default",
+                                             encoder_weights=None if encoder_weights in (None, "default")
+                                             else encoder_weights)
+    else:
+        model = CaptionModel.build(model_cfg, vocab, encoder_weights=encoder_weights).to(device)
     dist.sync_parameters(model)
     if dist.rank:  # dropout and sampling draw differently on each rank
         torch.manual_seed(train_cfg.seed + 7919 * dist.rank)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from showtell.constrained import MAX_CONSTRAINTS, constrained_beam_search
+from showtell.decoders import DECODERS
 from showtell.decoding import DecodeOptions, beam_search
 
 from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder  # noqa: F401
@@ -98,7 +99,7 @@ def test_length_penalty_ranks_constrained_captions_too():
     assert long.hypotheses[0].tokens == [5, 6, 9]
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_batched_equals_one_by_one_and_unconstrained_rows_equal_beam_search(decoder):
     dec = random_decoder(decoder)
     torch.manual_seed(1)

@@ -3,6 +3,7 @@ are known, and on a small random model."""
 import pytest
 import torch
 
+from showtell.decoders import DECODERS
 from showtell.decoding import DecodeOptions, beam_search, greedy_decode
 
 from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder  # noqa: F401
@@ -79,7 +80,7 @@ def test_min_len_delays_end():
     assert len(greedy[0].tokens) == 1
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_n_best_sorted_distinct_and_batch_equals_one_by_one(decoder):
     dec = random_decoder(decoder)
     torch.manual_seed(1)

@@ -8,6 +8,7 @@ import torch
 from showtell.checkpoint import save_checkpoint
 from showtell.cli import main
 from showtell.config import DataConfig, ModelConfig, TrainConfig
+from showtell.decoders import DECODERS
 from showtell.decoding import DecodeOptions
 from showtell.ensemble import EnsembleDecoder
 from showtell.model import CaptionModel
@@ -32,7 +33,7 @@ def _features(model, n=3):
     return torch.randn(n, 49, 512) if model.feature_kind == "spatial" else torch.randn(n, 512)
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_each_step_is_the_log_of_the_members_mean_probability(decoder):
     a = _model(decoder, seed=0)
     b = _model(decoder, seed=1, encoder=a.encoder)

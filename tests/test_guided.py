@@ -17,6 +17,7 @@ from showtell.checkpoint import CheckpointError, save_checkpoint
 from showtell.cli import main
 from showtell.config import DataConfig, ModelConfig, TrainConfig
 from showtell.constrained import constrained_beam_search
+from showtell.decoders import DECODERS
 from showtell.decoding import DecodeOptions
 from showtell.guidance import GuidanceMap, WordTag
 from showtell.model import CaptionModel
@@ -95,7 +96,7 @@ def test_the_bundled_model_holds_its_map():
 # --- generate() -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_generate_dispatches_to_constrained_search_per_image(decoder):
     model = _tiny(decoder)
     v = model.vocab

@@ -7,7 +7,7 @@ import torch
 
 from showtell.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from showtell.config import DataConfig, ModelConfig, TrainConfig
-from showtell.decoders import build_decoder
+from showtell.decoders import DECODERS, build_decoder
 from showtell.decoding import DecodeOptions, beam_search, greedy_decode
 from showtell.encoders import build_encoder
 from showtell.model import CaptionModel
@@ -16,7 +16,7 @@ from showtell.text import SPECIAL_TOKENS, Vocabulary
 WORDS = list(SPECIAL_TOKENS) + "a dog cat runs on the grass beach man red ball".split()
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_decoder_shapes_no_nan_and_incremental_equals_teacher_forcing(decoder):
     torch.manual_seed(0)
     cfg = ModelConfig(decoder=decoder, embed_dim=32, hidden_dim=48, attention_dim=24)
@@ -101,7 +101,7 @@ def _tiny_model(decoder="show_tell"):
     return CaptionModel.build(cfg, Vocabulary(WORDS), encoder_weights=None).eval()
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, decoder):
     model = _tiny_model(decoder)
     path = str(tmp_path / "m.pt")

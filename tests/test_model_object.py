@@ -8,6 +8,7 @@ import torch
 
 from showtell.config import DataConfig, ModelConfig, TrainConfig
 from showtell.datasets import read_flickr8k
+from showtell.decoders import DECODERS
 from showtell.decoding import DecodeOptions, beam_search
 from showtell.model import CaptionModel
 from showtell.objectives import CrossEntropy, SelfCritical
@@ -23,7 +24,7 @@ def _model(decoder="show_attend_tell"):
     return CaptionModel.build(cfg, Vocabulary(WORDS), encoder_weights=None).eval()
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_encode_forward_generate_use_one_chain(decoder):
     model = _model(decoder)
     pixels = torch.randn(2, 3, 224, 224)
@@ -110,7 +111,7 @@ def test_attention_regulariser_adds_to_the_loss_and_its_gradient():
     assert model.decoder.att_score.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("decoder", ["show_tell", "show_attend_tell"])
+@pytest.mark.parametrize("decoder", list(DECODERS))
 def test_scheduled_sampling_feeds_the_models_own_words(decoder):
     model = _model(decoder)  # eval mode: no dropout, so only the fed words differ
     feats = torch.randn(2, 512) if decoder == "show_tell" else torch.randn(2, 49, 512)

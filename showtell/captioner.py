@@ -25,7 +25,8 @@ from .images import MAX_IMAGE_BYTES, ImageError, load_image
 from .inference import InferenceEncoder
 from .model import CaptionModel, Captions
 
-CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
+CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores",
+             "dataset_scores")
 # Guided captioning's default: a caption must name an ImageNet tag whose summed
 # probability is at least this. Measured with benchmarks/bench_guidance.py
 # (figures in docs/guided-captioning.md): on Flickr8k val no threshold from 0.3

@@ -130,9 +130,16 @@ class Checkpoint:
                    dataset_scores=obj.get("dataset_scores") or {}, calibration=obj.get("calibration") or {},
                    training=obj.get("training"))
 
-    def with_scores(self, split: str, scores: dict) -> "Checkpoint":
-        """This checkpoint with ``scores`` recorded for ``split`` (SPLIT_scores)."""
-        return dataclasses.replace(self, scores={**self.scores, split: scores})
+    def with_scores(self, split: str, scores: dict, dataset: str | None = None,
+                    own: bool = True) -> "Checkpoint":
+        """This checkpoint with ``scores`` recorded for ``split``: as SPLIT_scores
+        when measured on the model's own dataset (``own``), and under
+        ``dataset_scores[dataset][split]`` when the dataset is named."""
+        by_dataset = self.dataset_scores
+        if dataset is not None:
+            by_dataset = {**by_dataset, dataset: {**by_dataset.get(dataset, {}), split: scores}}
+        return dataclasses.replace(self, scores={**self.scores, split: scores} if own else self.scores,
+                                   dataset_scores=by_dataset)
 
 
 def read_forward(obj: Mapping[str, Any]) -> dict[str, Any]:

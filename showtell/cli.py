@@ -588,10 +588,14 @@ def _evaluate(args: argparse.Namespace) -> int:
                             device=device, progress=not args.no_progress, captions_out=args.output,
                             examples=args.show, mirror_average=args.mirror_average)
     if args.store:
+        # Scores of the model's own (first) dataset are its SPLIT_scores; every dataset's
+        # are kept by name too (a model trained on Flickr8k and COCO is scored on both).
+        own = name == _sources(ckpt.data_config)[0].name
         save_checkpoint(ckpt.with_scores(args.split, {
             "beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
             "length_penalty": opts.length_penalty,
-            **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}), args.checkpoint)
+            **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}, dataset=name, own=own),
+            args.checkpoint)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps({"checkpoint": args.checkpoint, "dataset": name, "split": args.split, "beam_size": args.beam_size,

@@ -275,7 +275,7 @@ def page_outputs(captioner: Captioner, image: Any, beam_size: Any, num_captions:
               f"{int(beam_size)}; drawing the maps {seconds - out['seconds']:.2f} s)")
     return {**PAGE_OUTPUTS, "best": out["caption"], "confidence": _confidence_html(out["confidence"]),
             "nbest": _nbest_html(out["captions"]), "attention": gallery, "timing": timing,
-            "tags": _tags_markdown(out["tags"], out["required"])}
+            "tags": _tags_markdown(out["tags"], out["required"], out["caption"])}
 
 
 # How the model card names each stored score, and its unit. Every metric is x100,
@@ -293,8 +293,8 @@ def _scores_text(scores: dict) -> str:
     distinct captions 82.0 %"; an unknown key is spelled out, never shown raw."""
     parts = []
     for key, value in scores.items():
-        if key in _DECODING_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
+        if key in _DECODING_KEYS or "/" in key or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue  # "name/metric": one dataset's share of a mean over several
         label, unit = SCORE_LABELS.get(key, (key.replace("_", " "), ""))
         parts.append(f"{label} {value:.1f}{unit}")
     return ", ".join(parts)
@@ -369,7 +369,8 @@ def model_card(captioner: Captioner) -> str:
              f"- **Decoder:** {decoder}; hidden size {m.get('hidden_dim', '?')}",
              f"- **Vocabulary:** {card.get('vocab_size', 0):,} words"]
     val_split = d.get("val_split", "val")
-    for key, what in (("val_scores", f"Validation scores ({val_split} split, greedy, while training; x100)"),
+    mean = f", the mean of {len(d['datasets'])} datasets' val splits" if len(d.get("datasets") or ()) > 1 else ""
+    for key, what in (("val_scores", f"Validation scores ({val_split} split, greedy, while training{mean}; x100)"),
                       ("test_scores", "Test scores (`showtell evaluate --store`; x100)")):
         scores = card.get(key)
         shown = _scores_text(scores) if scores else ""
@@ -378,6 +379,12 @@ def model_card(captioner: Captioner) -> str:
             lines.append(f"- **{what}:** {shown}" + (f" ({how})" if how else ""))
         else:
             lines.append(f"- **{what.split(' (')[0]}:** none stored in the checkpoint")
+    for dataset, splits in (card.get("dataset_scores") or {}).items():
+        for split, scores in splits.items():
+            if scores != card.get(f"{split}_scores") and _scores_text(scores):
+                how = _decoding_text(scores)
+                lines.append(f"- **{split.capitalize()} scores on {dataset}:** {_scores_text(scores)}"
+                             + (f" ({how})" if how else ""))
     lines.append(f"- **Confidence:** \"not sure\" below a log-probability per word of "
                  f"{captioner.confidence_threshold:g}")
     lines.append(f"- **File:** `{os.path.basename(captioner.checkpoint)}`")
@@ -402,14 +409,21 @@ def _nbest_html(rows: list[dict]) -> str:
             f'</tr></thead><tbody>{body}</tbody></table>')
 
 
-def _tags_markdown(tags: Sequence[dict], required: Sequence[Sequence[str]]) -> str:
-    """What the encoder recognised, and which of it the caption had to name."""
+def _tags_markdown(tags: Sequence[dict], required: Sequence[Sequence[str]], caption: str = "") -> str:
+    """What the encoder recognised, and which of it the caption had to name. A
+    tag whose words the caption does not use is marked so: the page never shows
+    "dog 77 %" over a caption about two people without saying the two disagree."""
     if not tags:
         return ""
-    seen = ", ".join(f"{'/'.join(t['words'][:2])} {100 * t['prob']:.0f}%" for t in tags)
+    words = set(caption.split())
+    missing = lambda t: caption and not words & set(t["words"])
+    seen = ", ".join(f"{'/'.join(t['words'][:2])} {100 * t['prob']:.0f}%"
+                     + (" (not in the caption)" if missing(t) else "") for t in tags)
     if required:
+        named = all(words & set(w) for w in required) or not caption
         return f"**The encoder sees:** {seen}. The caption had to name " + \
-            " and ".join("/".join(w[:2]) for w in required) + "."
+            " and ".join("/".join(w[:2]) for w in required) + \
+            ("." if named else ", but no caption of this model could: it is the best unguided one.")
     return f"**The encoder sees:** {seen} (not sure enough to guide the caption)."
 
 

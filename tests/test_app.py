@@ -465,3 +465,17 @@ def test_app_py_serves_captions_on_the_port_from_the_environment(tmp_path):
         proc.wait(10)
         log.close()
     assert (tmp_path / "app.log").read_text().count("ready in") == 1  # the model loaded once
+
+
+def test_the_page_says_when_the_caption_does_not_name_what_the_encoder_sees():
+    from showtell.webapp import _tags_markdown
+
+    dog = {"words": ["dog", "dogs"], "prob": 0.77, "classes": ["beagle"]}
+    bed = {"words": ["bed", "beds"], "prob": 0.1, "classes": ["four-poster"]}
+    text = _tags_markdown([dog, bed], [], "two people are sitting on a bed")
+    assert "dog/dogs 77% (not in the caption)" in text and "bed/beds 10%," not in text
+    assert "bed/beds 10%" in text and "bed/beds 10% (not in" not in text
+    assert "(not in the caption)" not in _tags_markdown([dog], [], "a dog runs")
+    unmet = _tags_markdown([dog], [["dog", "dogs"]], "two people sit")
+    assert "no caption of this model could" in unmet
+    assert unmet.endswith("unguided one.") and "could" not in _tags_markdown([dog], [["dog", "dogs"]], "a dog runs")

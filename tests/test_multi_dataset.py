@@ -217,3 +217,23 @@ def test_mirrored_cache_holds_the_flipped_photos_features(flickr8k_root, tmp_pat
         want = enc(x.flip(-1)).pooled.numpy()
     assert np.allclose(np.asarray(mirrored.pooled), want, atol=1e-4)
     assert not np.allclose(np.asarray(plain.pooled), want, atol=1e-4)
+
+
+def test_scores_of_each_dataset_are_stored_by_name_and_shown_on_the_card():
+    from types import SimpleNamespace
+
+    from showtell.captioner import BUNDLED_MODEL
+    from showtell.checkpoint import read_checkpoint
+    from showtell.webapp import model_card
+
+    ckpt = read_checkpoint(BUNDLED_MODEL)
+    coco = {"bleu4": 20.0, "cider": 60.0, "images": 250, "beam_size": 3}
+    own = {"bleu4": 22.0, "cider": 55.0, "images": 1000, "beam_size": 3}
+    out = ckpt.with_scores("test", coco, dataset="coco-2733", own=False).with_scores("test", own, dataset="flickr8k")
+    assert out.scores["test"] == own and out.dataset_scores == {"coco-2733": {"test": coco}, "flickr8k": {"test": own}}
+    card = {"model_config": {}, "data_config": {"datasets": ["a/flickr8k", "a/coco-2733@2"]},
+            "test_scores": own, "dataset_scores": out.dataset_scores, "val_scores": {"cider": 50.0, "flickr8k/cider": 1.0}}
+    text = model_card(SimpleNamespace(card=card, confidence_threshold=-1.0, checkpoint="m.pt"))
+    assert "Test scores on coco-2733:** BLEU-4 20.0, CIDEr-D 60.0 (250 photos, beam 3)" in text
+    assert "Test scores on flickr8k" not in text  # the same as the model's own test scores, shown once
+    assert "mean of 2 datasets' val splits" in text and "flickr8k/cider" not in text

@@ -17,15 +17,16 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .decoding import DecodeOptions, autocast, resolve_precision
 from .encoders import EncoderOutput, mirror_averaged
 from .guidance import Tag, WordTag
-from .images import MAX_IMAGE_BYTES, ImageError, load_image
+from .images import MAX_IMAGE_BYTES, ImageError, _check_max_bytes, load_image
 from .model import CaptionModel
 from .onnx_encoder import ONNX_CPU_BATCH, OnnxEncoder, onnx_runtime_encoder
 
 ENCODER_CPU_BATCH = 8  # photos per PyTorch encoder call on a CPU
+MAX_BATCH_SIZE = 4096  # photos decoded and captioned together (a batch holds their pixels: 600 KB each)
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores")
 # Guided captioning's default: a caption must name an ImageNet tag whose summed
 # probability is at least this. Measured with benchmarks/bench_guidance.py
@@ -77,6 +78,24 @@ class Description:
     captions: tuple[ScoredCaption, ...]  # the n best (the first is ``text``)
 
 
+def _check_finite(model: torch.nn.Module, checkpoint: str) -> None:
+    """Refuse a model with NaN or infinite weights, naming the checkpoint (such
+    a model's beam search finds no caption at all)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{checkpoint}: the model's weights are not finite (NaN or infinity in {name}): "
+                                  "the file is damaged or its training diverged")
+
+
+def _check_scores(results: list[list[ScoredCaption]], checkpoint: str) -> None:
+    """Refuse an image without captions or with NaN scores (the model's outputs
+    overflowed); -inf is a caption every constraint forbade, and is kept."""
+    for caps in results:
+        if not caps or any(np.isnan(c.logprob) for c in caps):
+            raise ValueError(f"{checkpoint}: the model's outputs are not finite (NaN), so it gives "
+                             "no caption: the checkpoint is damaged or its training diverged")
+
+
 def _is_single(images: Any) -> bool:
     return not isinstance(images, (list, tuple))
 
@@ -92,11 +111,15 @@ class Captioner:
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
                  precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES, runtime: str = "auto",
                  mirror_average: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
+        _check_max_bytes(max_image_bytes)
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         ckpt = load_checkpoint(self.checkpoint)
         self.model = CaptionModel.from_checkpoint(ckpt, device=self.device)
+        _check_finite(self.model, self.checkpoint)
         # What the checkpoint says about the model (for a model card): its configs,
         # vocabulary size, encoder weights and any stored val/test scores.
         self.card = {k: ckpt[k] for k in CARD_KEYS if k in ckpt}
@@ -171,7 +194,9 @@ class Captioner:
         """n-best captions of encoded images, guided by their ImageNet tags when
         ``opts.guidance_threshold`` is set; each caption carries the tags."""
         tags, required, hyps = self._guided(enc, opts)
-        return [[self._scored(h, t, c) for h in per_image] for per_image, t, c in zip(hyps, tags, required)]
+        results = [[self._scored(h, t, c) for h in per_image] for per_image, t, c in zip(hyps, tags, required)]
+        _check_scores(results, self.checkpoint)
+        return results
 
     @torch.inference_mode()
     def caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:

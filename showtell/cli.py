@@ -773,7 +773,11 @@ def expand_images(paths: Sequence[str], recursive: bool = False) -> list[str | t
 
 
 def _caption(args: argparse.Namespace) -> int:
+    from .captioner import MAX_BATCH_SIZE
+
     device = check_device(args.device)
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be at most {MAX_BATCH_SIZE}, got {args.batch_size}")
     options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len, **_guidance_options(args),
                    **_length_penalty_option(args))
     _decode_options(**options)

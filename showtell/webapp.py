@@ -140,7 +140,7 @@ def _option(value: Any, name: str, lo: int, hi: int) -> int:
         raise gr.Error(problem, print_exception=False)
     try:
         f = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc"; 10**400, which no float holds
         raise gr.Error(problem, print_exception=False) from None
     if not math.isfinite(f) or f != round(f) or not lo <= f <= hi:
         raise gr.Error(problem, print_exception=False)

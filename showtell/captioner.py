@@ -78,6 +78,18 @@ class Description:
     captions: tuple[ScoredCaption, ...]  # the n best (the first is ``text``)
 
 
+def _one_thread_after_fork() -> None:
+    """In a fork()ed child, run torch on one thread. The OpenMP thread pool
+    that the parent's captions started does not survive fork(), and the child's
+    first parallel region would wait forever for it (caption() in a
+    multiprocessing worker hung); one thread needs no pool. (ONNX Runtime's
+    session is rebuilt the same way: OnnxEncoder.__call__.)"""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 def _check_finite(model: torch.nn.Module, checkpoint: str) -> None:
     """Refuse a model with NaN or infinite weights, naming the checkpoint (such
     a model's beam search finds no caption at all)."""

@@ -24,6 +24,7 @@ import zipfile
 from typing import Any, Callable, Sequence
 
 from .config import DataConfig, ModelConfig, TrainConfig, parse_dataset_spec
+from .runfolder import RunFolderError, refuse_finished_run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "config.json")  # what training writes into --out
@@ -299,8 +300,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .datasets import DatasetError
     from .images import ImageError
 
-    return (CheckpointError, DatasetError, ImageError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, FloatingPointError, torch.OutOfMemoryError)
+    return (CheckpointError, DatasetError, ImageError, RunFolderError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError, FloatingPointError, torch.OutOfMemoryError)
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -333,6 +334,8 @@ def _fill_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/flickr8k", help="run folder: last.pt, best.pt, log.jsonl")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (its configs, not these flags)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out (without it, training refuses to)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start a new run from a trained model's weights, vocabulary and model config "
                         "(e.g. --objective scst after cross-entropy); the data and training flags apply")
@@ -387,13 +390,18 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("--init-from starts a new run; --resume continues one: give one of them")
         check_checkpoint_file(args.init_from)
     check_run_folder(args.out, RUN_FILES + (("test_captions.json",) if args.test else ()))
+    if not args.resume:
+        try:
+            refuse_finished_run(args.out, args.overwrite)
+        except RunFolderError as e:
+            raise UsageError(str(e)) from None
 
     from .training import train
 
     weights = None if args.encoder_weights == "none" else args.encoder_weights
     summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume, init_from=args.init_from,
                     encoder_weights=weights, cache_dir=args.cache_dir, device=device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, overwrite=args.overwrite)
     if args.test and summary["rank"] == 0:  # under torchrun, one process scores the test split
         for i, spec in enumerate(data_cfg.datasets or [None]):
             # Each dataset's test split apart; the first one's scores are stored in best.pt.

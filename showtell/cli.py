@@ -290,6 +290,39 @@ def _one_line(e: BaseException) -> str:
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a full or read-only disk is no bug either
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print as one field of a line: control characters as
+    \\t, \\n, \\r or \\xNN (a file name with a newline or a tab would break
+    the tab-separated output), and the undecodable bytes of a file name
+    (surrogate escapes) as \\xNN. Text without either is unchanged."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _quiet_closed_pipe() -> int:
+    """After stdout's reader went away (``showtell caption DIR | head -1``):
+    point stdout at /dev/null so the exit's flush is silent, and report what a
+    process killed by SIGPIPE does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # a stdout without a file descriptor (tests)
+        pass
+    return 128 + 13  # SIGPIPE
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -314,6 +347,8 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return e.code if isinstance(e.code, int) else 2
     try:
         return command(args)
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -710,7 +745,8 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(test-time augmentation: twice the encoder's work)")
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="also write where the model looked for each word: OUT_DIR/NAME_NN_WORD.png per word "
-                        "and OUT_DIR/NAME_grid.png (needs a show_attend_tell model, as the bundled one is)")
+                        "and OUT_DIR/NAME_grid.png (NAME-2, NAME-3... for later photos of the same name; needs a "
+                        "show_attend_tell model, as the bundled one is)")
     return p
 
 
@@ -803,7 +839,19 @@ def _caption(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"image": path, "error": str(problem)}), flush=True)
         else:
-            print(f"error: {problem}", file=sys.stderr)
+            print(f"error: {printable(str(problem))}", file=sys.stderr)
+
+    stems: dict[str, str] = {}  # overlay name -> the photo it shows
+
+    def overlay_stem(path: str) -> str:
+        """The overlays' file name stem: the photo's name, with -2, -3... when an
+        earlier photo (another folder's photo.jpg, or photo.png) has it."""
+        base = _safe_stem(path)
+        stem, n = base, 1
+        while stems.setdefault(stem, path) != path:
+            n += 1
+            stem = f"{base}-{n}"
+        return stem
 
     for e in entries:
         if not isinstance(e, str):
@@ -831,29 +879,36 @@ def _caption(args: argparse.Namespace) -> int:
                 report(path, result)
                 continue
             if args.attention is not None:
-                _write_attention(captioner, path, args.attention, options)
+                _write_attention(captioner, path, args.attention, options, overlay_stem(path))
             if args.json:
                 print(json.dumps(caption_json(path, result)))
             elif args.n_best == 1:
-                print(f"{path}\t{result[0].text}")
+                print(f"{printable(path)}\t{result[0].text}")
             else:
                 for c in result:
-                    print(f"{path}\t{c.logprob:.3f}\t{c.text}")
+                    print(f"{printable(path)}\t{c.logprob:.3f}\t{c.text}")
         sys.stdout.flush()  # a long folder streams its results batch by batch
         bar.update(len(chunk))
     bar.close()
     return 1 if failed else 0
 
 
-def _write_attention(captioner: Any, path: str, out_dir: str, options: dict) -> None:
-    """Write the per-word attention overlays of one (readable) image into ``out_dir``."""
+def _safe_stem(path: str) -> str:
+    """A photo's name without its extension, fit for a file name (no control
+    characters, no undecodable bytes)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return "".join("_" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xDC80 <= ord(c) <= 0xDCFF else c
+                   for c in stem) or "_"
+
+
+def _write_attention(captioner: Any, path: str, out_dir: str, options: dict, stem: str) -> None:
+    """Write the per-word attention overlays of one (readable) image into ``out_dir`` as ``stem``_..."""
     from .images import load_image
     from .overlay import write_attention
 
     opts = {k: v for k, v in options.items() if k != "n_best"}  # explain() shows the best caption
     explanation = captioner.explain(path, **opts)
     photo = load_image(path, max_bytes=captioner.max_image_bytes)
-    stem = os.path.splitext(os.path.basename(path))[0]
     write_attention(photo, explanation.words, explanation.attention, out_dir, stem)
 
 

@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -608,9 +609,49 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
                                 Middleware(_RequestChecks, hosts=allowed_hosts(host))]
     if demo.delete_cache is None:
         age = int(os.environ.get("SHOWTELL_DELETE_AFTER") or DELETE_AFTER)
-        demo.delete_cache = (min(DELETE_EVERY, max(1, age // 2)), age)
+        # Gradio deletes every file at shutdown; its own schedule is not used
+        # (see delete_old_files), ours runs instead.
+        demo.delete_cache = (10**9, age)
+        every = min(DELETE_EVERY, max(1, age // 2))
+        threading.Thread(target=_delete_on_schedule, args=(demo, every, age), daemon=True,
+                         name="showtell-delete-old-files").start()
     return demo.launch(server_name=host, server_port=port, max_file_size=size, css=CSS, app_kwargs=app_kwargs,
                        **kwargs)
+
+
+def delete_old_files(demo: gr.Blocks, age: float) -> int:
+    """Delete the files this app wrote (uploads, overlays) more than ``age``
+    seconds ago, keeping the examples; returns how many. Gradio's own schedule
+    iterates its sets of files while requests add to them, and under load its
+    task died of "Set changed size during iteration" at the first clash, after
+    which nothing was deleted (1,599 uploads after three rounds of 16 clients)."""
+    keep = set()
+    for block in demo.blocks.values():
+        keep.update(getattr(block, "keep_in_cache", ()))
+    now, deleted = time.time(), 0
+    for files in list(demo.temp_file_sets):
+        for path in list(files):  # a copy, made without releasing the GIL: requests add meanwhile
+            if path in keep:
+                continue
+            try:
+                if now - os.lstat(path).st_ctime > age:
+                    os.remove(path)
+                    deleted += 1
+                    files.discard(path)
+            except FileNotFoundError:
+                files.discard(path)
+            except OSError:
+                pass  # tried again next time
+    return deleted
+
+
+def _delete_on_schedule(demo: gr.Blocks, every: float, age: float) -> None:
+    while True:
+        time.sleep(every)
+        try:
+            delete_old_files(demo, age)
+        except Exception:  # never let one failure end the schedule
+            traceback.print_exc()
 
 
 def warm_up(captioner: Captioner) -> None:

@@ -3,7 +3,9 @@
 shutdown, a forged Host header is refused, an unknown event id is a 404 and a
 number of captions no float holds is a clear message."""
 import os
+import threading
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -14,7 +16,8 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from showtell.captioner import get_captioner  # noqa: E402
-from showtell.webapp import DELETE_AFTER, DELETE_EVERY, allowed_hosts, build_demo, free_port, launch  # noqa: E402
+from showtell.webapp import (DELETE_AFTER, DELETE_EVERY, allowed_hosts, build_demo, delete_old_files,  # noqa: E402
+                             free_port, launch)
 
 pytestmark = [pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
@@ -46,7 +49,7 @@ def _upload(url: str) -> Path:
 
 def test_files_are_deleted_after_a_bounded_time(served):
     demo, url = served
-    assert demo.delete_cache == (1, 2)
+    assert demo.delete_cache == (10**9, 2)  # Gradio deletes at shutdown; delete_old_files on schedule
     path = _upload(url)
     assert path.is_file()
     deadline = time.monotonic() + 15
@@ -96,3 +99,29 @@ def test_files_left_are_deleted_at_shutdown(tmp_path, monkeypatch):
     finally:
         demo.close()
     assert not path.exists()
+
+
+def test_old_files_are_deleted_while_requests_add_files(tmp_path):
+    """Gradio's own schedule died of "Set changed size during iteration" under
+    load; deleting while another thread keeps adding files must not fail."""
+    files, stop = set(), threading.Event()
+    old = [tmp_path / f"old{i}.jpg" for i in range(200)]
+    for p in old:
+        p.write_bytes(b"x")
+        files.add(str(p))
+    demo = SimpleNamespace(blocks={"examples": SimpleNamespace(keep_in_cache={str(old[0])})}, temp_file_sets=[files])
+
+    def add():
+        i = 0
+        while not stop.is_set():
+            files.add(str(tmp_path / f"new{i}.jpg"))  # never written: a request's file still on its way
+            i += 1
+
+    adder = threading.Thread(target=add)
+    adder.start()
+    try:
+        deleted = sum(delete_old_files(demo, age=-1) for _ in range(20))
+    finally:
+        stop.set()
+        adder.join()
+    assert deleted == 199 and old[0].exists() and not any(p.exists() for p in old[1:])

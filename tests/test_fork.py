@@ -3,6 +3,7 @@ multiprocessing's default start method on Linux. It hung forever with both
 encoder runtimes (OpenMP's and ONNX Runtime's thread pools do not survive a
 fork); the child now runs torch on one thread and makes a new ONNX session."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,16 @@ if __name__ == "__main__":
 
 def test_caption_works_in_a_forked_worker_after_the_parent_captioned():
     runtimes = ["torch"] + (["onnxruntime"] if available() else [])
-    out = subprocess.run([sys.executable, "-c", SCRIPT, *runtimes], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith(f"True {runtimes}"), out.stdout
+    # Its own session, so that a hung worker is killed with its parent.
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, *runtimes], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the pool's worker too, should it hang
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, err[-2000:]
+    assert out.startswith(f"True {runtimes}"), out

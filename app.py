@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -58,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _stop(signum, frame):
+    """SIGTERM (a service manager, `kill`) stops the server as Ctrl-C does, so
+    Gradio's shutdown runs and deletes the uploads and overlays it holds."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -76,6 +83,7 @@ def main(argv=None) -> int:
     print(f"showtell: model {captioner.checkpoint} on {captioner.device} ready in "
           f"{time.perf_counter() - t0:.1f}s ({concurrency} requests at once, {threads} thread(s) each, "
           f"encoder in {captioner.runtime}); serving on http://{args.host}:{args.port}/", flush=True)
+    signal.signal(signal.SIGTERM, _stop)
     cap_log_lines()  # no request, however large, writes more than one short line per line to the log
     launch(build_demo(captioner, concurrency=concurrency), host=args.host, port=args.port,
            max_file_size=args.max_file_size)

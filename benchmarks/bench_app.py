@@ -11,6 +11,13 @@ gradio_client:
 Prints a table with the median and 95th percentile, the errors (a failed or
 empty answer), the server's CPU time per request (from /proc: what one core
 can serve, whatever else shares the machine) and the load average.
+
+    .venv/bin/python benchmarks/bench_app.py --rounds 3 --clients 16 --seconds 60 [--delete-after 60]
+
+instead runs ``--rounds`` rounds of ``--clients`` clients captioning (each call
+uploads the photo) for ``--seconds``, and prints after each round the server's
+resident memory and the bytes in its Gradio temp folder (issue 22: they grew
+1,082 -> 1,329 MB and by every upload, and never came down).
 """
 import os
 
@@ -67,6 +74,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="passed to app.py")
     p.add_argument("--checkpoint", default=None, help="passed to app.py")
     p.add_argument("--startup-timeout", type=float, default=120)
+    p.add_argument("--rounds", type=int, default=0, help="rounds of load (memory and temp disk after each)")
+    p.add_argument("--seconds", type=float, default=60, help="length of a round")
+    p.add_argument("--delete-after", type=int, default=None, help="SHOWTELL_DELETE_AFTER for the server")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_app_"))
@@ -83,7 +93,10 @@ def main() -> int:
     log = open(tmp / "server.log", "w")
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp / "gradio")}
+    if args.delete_after is not None:
+        env["SHOWTELL_DELETE_AFTER"] = str(args.delete_after)
+    server = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         first = None
         while first is None:
@@ -102,18 +115,29 @@ def main() -> int:
 
         errors = []
 
+        data, count = photo.read_bytes(), iter(range(10**9))
+
         def timed(c):
+            image = photo
+            if args.rounds:  # a new file each call (bytes after the JPEG's end), as new users upload
+                image = tmp / f"upload-{next(count)}.jpg"
+                image.write_bytes(data + os.urandom(16))
             t = time.perf_counter()
             try:
-                best = c.predict(handle_file(str(photo)), args.beam, 1, api_name="/caption")[0]
+                best = c.predict(handle_file(str(image)), args.beam, 1, api_name="/caption")[0]
                 if not best:
                     errors.append("empty caption")
             except Exception as e:  # counted and reported, never hidden
                 errors.append(f"{type(e).__name__}: {e}")
+            finally:
+                if image != photo:
+                    image.unlink()
             return time.perf_counter() - t
 
         for _ in range(3):  # warm the connection
             timed(client)
+        if args.rounds:
+            return load_rounds(args, url, timed, server.pid, tmp / "gradio", errors)
         cpu0 = server_cpu_seconds(server.pid)
         single = [timed(client) for _ in range(args.requests)]
         cpu_single = server_cpu_seconds(server.pid) - cpu0
@@ -167,6 +191,49 @@ def main() -> int:
           + (f"; first: {errors[0]}" if errors else ""))
     print(f"one core serves about {len(latencies) / cpu_concurrent:.1f} requests/s at full load "
           f"(server CPU time per request under {args.clients} clients)")
+    return 1 if errors else 0
+
+
+def load_rounds(args, url, timed, pid, temp_dir, errors) -> int:
+    """Rounds of ``args.clients`` clients calling /caption for ``args.seconds``;
+    the server's memory and temp disk after each (and after a pause of
+    DELETE_EVERY + 5 s that lets the cleanup run, after the last)."""
+    def rss_mb():
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+    def disk():
+        files = [p for p in temp_dir.rglob("*") if p.is_file()]
+        return len(files), sum(p.stat().st_size for p in files) / 1e6
+
+    print(f"load rounds: {args.clients} clients x {args.seconds:.0f} s, beam {args.beam}, each call uploads "
+          f"a 224x224 JPEG; SHOWTELL_DELETE_AFTER={args.delete_after or 'default'}")
+    print(f"{'after':<18}{'requests':>9}{'errors':>8}{'server RSS MB':>15}{'temp files':>12}{'temp MB':>9}")
+    n, size = disk()
+    print(f"{'start':<18}{'':>9}{'':>8}{rss_mb():>15.0f}{n:>12}{size:>9.1f}")
+    for r in range(1, args.rounds + 1):
+        done, stop = [0], time.monotonic() + args.seconds
+        before = len(errors)
+
+        def worker():
+            c = Client(url, verbose=False)
+            while time.monotonic() < stop:
+                timed(c)
+                done[0] += 1
+
+        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        n, size = disk()
+        print(f"{f'round {r}':<18}{done[0]:>9}{len(errors) - before:>8}{rss_mb():>15.0f}{n:>12}{size:>9.1f}",
+              flush=True)
+    time.sleep(65)
+    n, size = disk()
+    print(f"{'65 s idle':<18}{'':>9}{'':>8}{rss_mb():>15.0f}{n:>12}{size:>9.1f}")
+    if errors:
+        print(f"first error: {errors[0]}")
     return 1 if errors else 0
 
 

@@ -16,15 +16,16 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .confidence import Confidence, caption_confidence, threshold_of
 from .decoding import DecodeOptions, Hypothesis, resolve_precision
 from .encoders import EncoderOutput
 from .guidance import Tag, WordTag
-from .images import MAX_IMAGE_BYTES, ImageError, load_image
+from .images import MAX_IMAGE_BYTES, ImageError, _check_max_bytes, load_image
 from .inference import InferenceEncoder
 from .model import CaptionModel, Captions
 
+MAX_BATCH_SIZE = 4096  # photos decoded and captioned together (a batch holds their pixels: 600 KB each)
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores",
              "dataset_scores")
 # Guided captioning's default: a caption must name an ImageNet tag whose summed
@@ -83,6 +84,36 @@ class Description:
     explanation: Explanation | None = None  # where the model looked for each word, when asked for
 
 
+def _one_thread_after_fork() -> None:
+    """In a fork()ed child, run torch on one thread. The OpenMP thread pool
+    that the parent's captions started does not survive fork(), and the child's
+    first parallel region would wait forever for it (caption() in a
+    multiprocessing worker hung); one thread needs no pool. (ONNX Runtime's
+    session is rebuilt the same way: OnnxEncoder.__call__.)"""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
+def _check_finite(model: torch.nn.Module, checkpoint: str) -> None:
+    """Refuse a model with NaN or infinite weights, naming the checkpoint (such
+    a model's beam search finds no caption at all)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{checkpoint}: the model's weights are not finite (NaN or infinity in {name}): "
+                                  "the file is damaged or its training diverged")
+
+
+def _check_scores(results: list[list[ScoredCaption]], checkpoint: str) -> None:
+    """Refuse an image without captions or with NaN scores (the model's outputs
+    overflowed); -inf is a caption every constraint forbade, and is kept."""
+    for caps in results:
+        if not caps or any(np.isnan(c.logprob) for c in caps):
+            raise ValueError(f"{checkpoint}: the model's outputs are not finite (NaN), so it gives "
+                             "no caption: the checkpoint is damaged or its training diverged")
+
+
 def _is_single(images: Any) -> bool:
     return not isinstance(images, (list, tuple))
 
@@ -98,11 +129,15 @@ class Captioner:
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
                  precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES, runtime: str = "auto",
                  mirror_average: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
+        _check_max_bytes(max_image_bytes)
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
         ckpt = load_checkpoint(self.checkpoint)
         self.model = CaptionModel.from_checkpoint(ckpt, device=self.device)
+        _check_finite(self.model, self.checkpoint)
         # What the checkpoint says about the model (for a model card): its configs,
         # vocabulary size, encoder weights and any stored val/test scores.
         self.card = {k: ckpt[k] for k in CARD_KEYS if k in ckpt}
@@ -159,7 +194,9 @@ class Captioner:
     def captions_of_features(self, enc: EncoderOutput, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions of encoded images, guided by their ImageNet tags when
         ``opts.guidance_threshold`` is set; each caption carries the tags."""
-        return [[self._scored(h, found) for h in found.hypotheses] for found in self._caption(enc, opts)]
+        results = [[self._scored(h, found) for h in found.hypotheses] for found in self._caption(enc, opts)]
+        _check_scores(results, self.checkpoint)
+        return results
 
     @torch.inference_mode()
     def caption_tensors(self, pixels: torch.Tensor, opts: DecodeOptions) -> list[list[ScoredCaption]]:

@@ -42,6 +42,7 @@ the next save removes those a killed writer left (:func:`remove_stale_temporarie
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import math
 import os
@@ -276,9 +277,30 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return removed
 
 
+class DiskFullError(OSError):
+    """A write that a full disk (or quota) stopped; the message is one line."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full(error: BaseException, path: str) -> DiskFullError | None:
+    """The :class:`DiskFullError` for ``error`` when a full disk caused it,
+    else None. torch.save reports ENOSPC as a RuntimeError ("unexpected pos")
+    with the OSError only as its context, so the chain is searched."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(seen.errno, f"no space left on the disk to write {path} ({os.strerror(seen.errno)}); "
+                                       "nothing was replaced: free some space and run again")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def save_checkpoint(obj: Checkpoint | dict[str, Any], path: str) -> None:
     """Write a checkpoint (a record, or a dict in its format) to ``path``
-    atomically, with its content hash: a kill mid-write leaves the old file intact."""
+    atomically, with its content hash: a kill mid-write leaves the old file
+    intact, and so does a full disk (an OSError of one line, no temporary left)."""
     if isinstance(obj, Checkpoint):
         obj = obj.to_dict()
     missing = [k for k in REQUIRED_KEYS if k not in obj]
@@ -299,9 +321,12 @@ def save_checkpoint(obj: Checkpoint | dict[str, Any], path: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = disk_full(e, path)
+        if full is not None:
+            raise full from None
         raise
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from .config import DataConfig, ModelConfig, TrainConfig, decoders_with, flag_defaults, parse_dataset_spec
 from .metric_registry import label as metric_label
+from .runfolder import RunFolderError, refuse_finished_run
 
 # showtell.captioner.GUIDANCE_THRESHOLD, spelled out for --help, which must not
 # import torch (tests/test_product.py checks that the two agree).
@@ -317,6 +318,39 @@ def _one_line(e: BaseException) -> str:
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)  # a full or read-only disk is no bug either
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print as one field of a line: control characters as
+    \\t, \\n, \\r or \\xNN (a file name with a newline or a tab would break
+    the tab-separated output), and the undecodable bytes of a file name
+    (surrogate escapes) as \\xNN. Text without either is unchanged."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _quiet_closed_pipe() -> int:
+    """After stdout's reader went away (``showtell caption DIR | head -1``):
+    point stdout at /dev/null so the exit's flush is silent, and report what a
+    process killed by SIGPIPE does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # a stdout without a file descriptor (tests)
+        pass
+    return 128 + 13  # SIGPIPE
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -327,8 +361,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .datasets import DatasetError
     from .images import ImageError
 
-    return (CheckpointError, DatasetError, ImageError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, FloatingPointError, torch.OutOfMemoryError)
+    return (CheckpointError, DatasetError, ImageError, RunFolderError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError, FloatingPointError, torch.OutOfMemoryError)
 
 
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -341,6 +375,8 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return e.code if isinstance(e.code, int) else 2
     try:
         return command(args)
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -361,6 +397,8 @@ def _fill_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/flickr8k", help="run folder: last.pt, best.pt, log.jsonl")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (its configs, not these flags)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --out (without it, training refuses to)")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start a new run from a trained model's weights, vocabulary and model config "
                         "(e.g. --objective scst after cross-entropy); the data and training flags apply")
@@ -415,13 +453,18 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("--init-from starts a new run; --resume continues one: give one of them")
         check_checkpoint_file(args.init_from)
     check_run_folder(args.out, RUN_FILES + (("test_captions.json",) if args.test else ()))
+    if not args.resume:
+        try:
+            refuse_finished_run(args.out, args.overwrite)
+        except RunFolderError as e:
+            raise UsageError(str(e)) from None
 
     from .training import train
 
     weights = None if args.encoder_weights == "none" else args.encoder_weights
     summary = train(model_cfg, data_cfg, train_cfg, args.out, resume=args.resume, init_from=args.init_from,
                     encoder_weights=weights, cache_dir=args.cache_dir, device=device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, overwrite=args.overwrite)
     if args.test and summary["rank"] == 0:  # under torchrun, one process scores the test split
         for i, spec in enumerate(data_cfg.datasets or [None]):
             # Each dataset's test split apart; the first one's scores are stored in best.pt.
@@ -739,7 +782,8 @@ def _fill_caption_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(test-time augmentation: twice the encoder's work)")
     p.add_argument("--attention", metavar="OUT_DIR", default=None,
                    help="also write where the model looked for each word: OUT_DIR/NAME_NN_WORD.png per word "
-                        "and OUT_DIR/NAME_grid.png (needs a show_attend_tell model, as the bundled one is)")
+                        "and OUT_DIR/NAME_grid.png (NAME-2, NAME-3... for later photos of the same name; needs a "
+                        "show_attend_tell model, as the bundled one is)")
     return p
 
 
@@ -771,8 +815,8 @@ def caption_lines(path: str, captions) -> list[str]:
     from .confidence import with_mark
 
     if len(captions) == 1:
-        return [f"{path}\t{with_mark(captions[0].text, captions[0].confidence)}"]
-    return [f"{path}\t{c.score:.3f}\t{with_mark(c.text, c.confidence)}" for c in captions]
+        return [f"{printable(path)}\t{with_mark(captions[0].text, captions[0].confidence)}"]
+    return [f"{printable(path)}\t{c.score:.3f}\t{with_mark(c.text, c.confidence)}" for c in captions]
 
 
 def caption_json(path: str, captions) -> dict:
@@ -829,7 +873,11 @@ def expand_images(paths: Sequence[str], recursive: bool = False) -> list[str | t
 
 
 def _caption(args: argparse.Namespace) -> int:
+    from .captioner import MAX_BATCH_SIZE
+
     device = check_device(args.device)
+    if args.batch_size > MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be at most {MAX_BATCH_SIZE}, got {args.batch_size}")
     options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len, **_guidance_options(args),
                    **_length_penalty_option(args))
     _decode_options(**options)
@@ -847,7 +895,19 @@ def _caption(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"image": path, "error": str(problem)}), flush=True)
         else:
-            print(f"error: {problem}", file=sys.stderr)
+            print(f"error: {printable(str(problem))}", file=sys.stderr)
+
+    stems: dict[str, str] = {}  # overlay name -> the photo it shows
+
+    def overlay_stem(path: str) -> str:
+        """The overlays' file name stem: the photo's name, with -2, -3... when an
+        earlier photo (another folder's photo.jpg, or photo.png) has it."""
+        base = _safe_stem(path)
+        stem, n = base, 1
+        while stems.setdefault(stem, path) != path:
+            n += 1
+            stem = f"{base}-{n}"
+        return stem
 
     for e in entries:
         if not isinstance(e, str):
@@ -875,7 +935,7 @@ def _caption(args: argparse.Namespace) -> int:
                 report(path, result)
                 continue
             if args.attention is not None:
-                _write_attention(captioner, path, args.attention, options)
+                _write_attention(captioner, path, args.attention, options, overlay_stem(path))
             if args.json:
                 print(json.dumps(caption_json(path, result)))
             else:
@@ -886,15 +946,22 @@ def _caption(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _write_attention(captioner: Any, path: str, out_dir: str, options: dict) -> None:
-    """Write the per-word attention overlays of one (readable) image into ``out_dir``."""
+def _safe_stem(path: str) -> str:
+    """A photo's name without its extension, fit for a file name (no control
+    characters, no undecodable bytes)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return "".join("_" if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or 0xDC80 <= ord(c) <= 0xDCFF else c
+                   for c in stem) or "_"
+
+
+def _write_attention(captioner: Any, path: str, out_dir: str, options: dict, stem: str) -> None:
+    """Write the per-word attention overlays of one (readable) image into ``out_dir`` as ``stem``_..."""
     from .images import load_image
     from .overlay import write_attention
 
     opts = {k: v for k, v in options.items() if k != "n_best"}  # explain() shows the best caption
     explanation = captioner.explain(path, **opts)
     photo = load_image(path, max_bytes=captioner.max_image_bytes)
-    stem = os.path.splitext(os.path.basename(path))[0]
     write_attention(photo, explanation.words, explanation.attention, out_dir, stem)
 
 

@@ -38,7 +38,20 @@ def _check(cfg: Any, name: str, kind: type, lo: float | None = None, hi: float |
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ValueError(f"{label} must be {'above' if lo_open else 'at least'} {lo:g}, got {value!r}")
     if hi is not None and value > hi:
-        raise ValueError(f"{label} must be at most {hi:g}, got {value!r}")
+        raise ValueError(f"{label} must be at most {hi if kind is int else format(hi, 'g')}, got {value!r}")
+
+
+# Upper bounds of the sizes (issue 22): --hidden-dim 1000000, --max-caption-len
+# 10**9 or --scst-samples 1000000 tried to allocate up to 466 GiB before failing
+# with a traceback, and a seed of 2**64 failed inside torch. Each bound is far
+# above any useful value (the published models use 512 units and 1 layer,
+# captions of at most 40 words, 5 SCST samples) and small enough to allocate.
+MAX_WIDTH = 16_384  # embed_dim, hidden_dim, attention_dim
+MAX_LAYERS = 16
+MAX_CAPTION_LEN = 500  # words
+MAX_SCST_SAMPLES = 100
+MAX_SEED = 2**32 - 1  # numpy's range; torch gets seed * 100_003 + epoch, which then fits its 64 bits
+_TRAIN_MAX = {"epochs": 100_000, "batch_size": 65_536, "max_decode_len": 200, "seed": MAX_SEED}
 
 
 def _check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -48,13 +61,13 @@ def _check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_decoder_settings(cfg: Any) -> None:
-    """The checks every decoder config shares: sizes are whole numbers of at
-    least 1, ``dropout`` a probability below 0.99."""
+    """The checks every decoder config shares: sizes are whole numbers from 1
+    to MAX_WIDTH (layers to MAX_LAYERS), ``dropout`` a probability below 0.99."""
     for f in dataclasses.fields(cfg):
         if f.name == "dropout":
             _check(cfg, "dropout", float, 0.0, 0.99)
         else:
-            _check(cfg, f.name, int, 1)
+            _check(cfg, f.name, int, 1, MAX_LAYERS if f.name == "num_layers" else MAX_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -247,7 +260,7 @@ class DataConfig:
         _check_choice(self, "train_split", self.SPLITS)
         _check_choice(self, "val_split", self.SPLITS)
         _check(self, "min_word_count", int, 1)
-        _check(self, "max_caption_len", int, 1)
+        _check(self, "max_caption_len", int, 1, MAX_CAPTION_LEN)
         _check(self, "max_images", int, 0)
 
 
@@ -286,9 +299,9 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "lr_decay_every", "early_stop_patience", "max_decode_len",
                      "scheduled_sampling_ramp"):
-            _check(self, name, int, 1)
+            _check(self, name, int, 1, _TRAIN_MAX.get(name))
         for name in ("val_max_images", "seed", "checkpoint_every"):
-            _check(self, name, int, 0)
+            _check(self, name, int, 0, _TRAIN_MAX.get(name))
         for name in ("lr", "encoder_lr", "grad_clip"):
             _check(self, name, float, 0.0, lo_open=True)
         _check(self, "weight_decay", float, 0.0)
@@ -298,7 +311,7 @@ class TrainConfig:
         _check(self, "mirror_augment", float, 0.0, 1.0)
         _check(self, "attention_reg", float, 0.0)
         _check(self, "scheduled_sampling", float, 0.0, 1.0)
-        _check(self, "scst_samples", int, 2 if self.scst_baseline == "mean" else 1)
+        _check(self, "scst_samples", int, 2 if self.scst_baseline == "mean" else 1, MAX_SCST_SAMPLES)
         _check_choice(self, "objective", self.OBJECTIVES)
         _check_choice(self, "select_metric", self.SELECT_METRICS)
         _check_choice(self, "scst_baseline", self.SCST_BASELINES)

@@ -19,6 +19,16 @@ import torch
 
 NEG_INF = float("-inf")
 
+# Upper bounds of the decoding options (issue 22): beam_size=100000 allocated
+# over 20 GB and min_len=max_len=10**6 ran on. A caption is about 12 words
+# (training truncates at 40) and beams beyond ~10 no longer raise any metric,
+# so these are far above any useful value and still cheap to run.
+MAX_BEAM_SIZE = 100
+MAX_DECODE_LEN = 200  # words
+# Scores are logprob / length ** length_penalty: beyond this the ranking no
+# longer changes, and +-1e308 overflowed into OverflowError or an empty list.
+MAX_LENGTH_PENALTY = 10.0
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -63,12 +73,19 @@ class DecodeOptions:
                 raise TypeError(f"guidance_threshold must be a number or None, got {g!r}")
             if not 0.0 < g <= 1.0:
                 raise ValueError(f"guidance_threshold must be in (0, 1] (a probability), got {g!r}")
+        if abs(lp) > MAX_LENGTH_PENALTY:
+            raise ValueError(f"length_penalty must be between -{MAX_LENGTH_PENALTY:g} and {MAX_LENGTH_PENALTY:g}, "
+                             f"got {lp!r}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be at least 1, got {self.beam_size}")
+        if self.beam_size > MAX_BEAM_SIZE:
+            raise ValueError(f"beam_size must be at most {MAX_BEAM_SIZE}, got {self.beam_size}")
         if not 1 <= self.n_best <= self.beam_size:
             raise ValueError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best}")
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
+        if self.max_len > MAX_DECODE_LEN:
+            raise ValueError(f"max_len must be at most {MAX_DECODE_LEN} words, got {self.max_len}")
         if not 1 <= self.min_len <= self.max_len:
             raise ValueError(f"min_len must be between 1 and max_len ({self.max_len}), got {self.min_len}")
 

@@ -4,7 +4,11 @@ CNN once, and training epochs read memory-mapped arrays instead.
 A cache entry is a folder named by a key over the dataset, split, image list,
 encoder (name and weights) and preprocessing; a change to any of them gives a
 new key and so a rebuild. Entries are built in a temporary folder and renamed
-into place, so a killed build never leaves a half-written cache behind.
+into place, so a killed build never leaves a half-written cache behind, and a
+full disk ends the build with one line (its arrays' space is reserved before
+any feature is written: a memory map on a full disk died of SIGBUS). An entry
+is checked each time it is opened (meta.json against its checksum, each
+array's dtype, shape and file size) and rebuilt, with a warning, when damaged.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import remove_stale_temporaries
+from .checkpoint import disk_full, remove_stale_temporaries
 from .datasets import ImageCaptions
 from .encoders import ImageEncoder
 from .images import ImageError, load_image
@@ -268,6 +272,61 @@ def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder:
     return h.hexdigest()[:16]
 
 
+def _reserve(path: str) -> None:
+    """Allocate the disk blocks of the (sparse) file at ``path`` now: a full disk
+    is then an OSError here, not a SIGBUS when a memory-mapped page is written."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _meta_checksum(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# name, dtype and number of dimensions of each array of a cache entry
+_ARRAYS = (("pooled.npy", np.float32, 2), ("spatial.npy", np.float16, 3))
+
+
+def cache_problem(folder: str) -> str | None:
+    """What is wrong with the cache entry in ``folder`` (None: nothing): a
+    meta.json that cannot be read or does not match its checksum (entries
+    written before the checksum have none), an array of the wrong dtype or
+    shape, or a file shorter or longer than its header says."""
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        rows = len(meta["image_ids"])
+        if not isinstance(meta["skipped"], list):
+            raise TypeError("skipped is not a list")
+    except FileNotFoundError:
+        return "no meta.json"
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return f"meta.json cannot be read: {type(e).__name__}: {e}"
+    if "checksum" in meta and meta["checksum"] != _meta_checksum(meta):
+        return "meta.json does not match its checksum"
+    widths = set()
+    for name, dtype, ndim in _ARRAYS:
+        path = os.path.join(folder, name)
+        try:
+            arr = NpyRows(path)
+            size = os.path.getsize(path)
+        except (OSError, ValueError) as e:
+            return f"{name} cannot be read: {e}"
+        if arr.dtype != dtype or arr.ndim != ndim or arr.shape[0] != rows:
+            return f"{name} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} with {ndim} dimensions " \
+                   f"and {rows} rows"
+        if size != arr.offset + rows * arr.row_bytes:
+            return f"{name} is {size:,} bytes, its header says {arr.offset + rows * arr.row_bytes:,}"
+        widths.add(arr.shape[-1])
+    if len(widths) != 1:
+        return "pooled.npy and spatial.npy disagree on the feature width"
+    return None
+
+
 class FeatureCache:
     """Memory-mapped encoder features on disk, one folder per key."""
 
@@ -290,11 +349,15 @@ class FeatureCache:
         ``mirror_average``: each photo's features averaged with its mirror image's,
         :func:`~showtell.encoders.mirror_averaged`, cached apart from the plain ones;
         ``mirrored``: the features of each photo's mirror image alone, for training
-        with mirrored photos, :attr:`~showtell.config.TrainConfig.mirror_augment`)."""
+        with mirrored photos, :attr:`~showtell.config.TrainConfig.mirror_augment`).
+        An entry found damaged (:func:`cache_problem`) is rebuilt, with a warning."""
         if mirror_average and mirrored:
             raise ValueError("mirror_average and mirrored are two different features: ask for one")
         folder = self.path(dataset, split, items, encoder, mirror_average, mirrored)
-        if not os.path.isfile(os.path.join(folder, "meta.json")):
+        problem = cache_problem(folder) if os.path.exists(folder) else "missing"
+        if problem is not None:
+            if problem != "missing":
+                warnings.warn(f"the feature cache {folder} is damaged ({problem}): rebuilding it", stacklevel=2)
             view = " (mirror-averaged)" if mirror_average else " (mirrored)" if mirrored else ""
             self._build(folder, items, encoder, batch_size, num_workers, device, progress, runtime,
                         desc=f"features {dataset}/{split}{view}", mirror_average=mirror_average, mirrored=mirrored)
@@ -318,6 +381,18 @@ class FeatureCache:
         remove_stale_temporaries(os.path.dirname(folder))  # builds of killed processes
         tmp = f"{folder}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            self._build_in(tmp, folder, items, encoder, batch_size, num_workers, device, progress, runtime, desc,
+                           mirror_average, mirrored)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            full = disk_full(e, f"the feature cache {folder}")
+            if full is not None:
+                raise full from None
+            raise
+
+    def _build_in(self, tmp, folder, items, encoder, batch_size, num_workers, device, progress, runtime, desc,
+                  mirror_average, mirrored):
         os.makedirs(tmp)
         # The features caption() computes from the same photos: the same runner, in float32.
         fast = InferenceEncoder(encoder, device, runtime, mirror_average=mirror_average, batch_size=batch_size)
@@ -347,13 +422,14 @@ class FeatureCache:
                                                            np.float32, (n, c))
                         spatial = np.lib.format.open_memmap(os.path.join(tmp, "spatial.npy"), "w+",
                                                             np.float16, (n, out.spatial.size(1), c))
+                        _reserve(os.path.join(tmp, "pooled.npy"))
+                        _reserve(os.path.join(tmp, "spatial.npy"))
                     pooled[rows:rows + b] = out.pooled.cpu().numpy()
                     spatial[rows:rows + b] = out.spatial.cpu().half().numpy()
                     row_of[idx.numpy()] = np.arange(rows, rows + b)
                     rows += b
                 bar.update(len(idx) + len(bad))
         if pooled is None:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise ImageError(f"{desc}: none of the {n} images could be read (first: {failed[0][1]})")
         # Rows were written in loader order, which is item order; trim the unused tail.
         pooled.flush(); spatial.flush()
@@ -365,10 +441,11 @@ class FeatureCache:
                 del arr
                 os.replace(os.path.join(tmp, name + ".part.npy"), os.path.join(tmp, name))
         ok_ids = [items[i].image_id for i in np.flatnonzero(row_of >= 0)]
+        meta = {"format": CACHE_FORMAT, "image_ids": ok_ids, "skipped": failed,
+                "encoder": encoder.name, "weights": encoder.weights_id,
+                "preprocessing": encoder.preprocessing.key(), "mirror_average": mirror_average,
+                **({"mirrored": True} if mirrored else {})}
         with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump({"format": CACHE_FORMAT, "image_ids": ok_ids, "skipped": failed,
-                       "encoder": encoder.name, "weights": encoder.weights_id,
-                       "preprocessing": encoder.preprocessing.key(), "mirror_average": mirror_average,
-                       **({"mirrored": True} if mirrored else {})}, f)
+            json.dump({**meta, "checksum": _meta_checksum(meta)}, f)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)

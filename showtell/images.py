@@ -34,6 +34,17 @@ PIXELS_ADVICE = (f"Please upload a photo of at most {MAX_IMAGE_PIXELS // 1_000_0
                  f"(the model reads 224x224: a smaller copy captions the same).")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# The memory one decode may take, checked from the header before any pixel is
+# decoded: an 8000 x 8000 RGB photo. A decoded pixel costs 1 byte (modes 1, L,
+# P), 2 (I;16) or 4 (every other mode), times the copies the format's decoder
+# holds besides Pillow's image: Pillow's WebP decoder (libwebp's animation
+# decoder) keeps two frame buffers and a bytes copy, 16.4 bytes a pixel measured
+# with Pillow 12 for lossless and lossy files alike, so a WebP is limited to
+# 16 megapixels. JPEGs are decoded at reduced scale first (draft), so only the
+# reduced size counts. (benchmarks/bench_image_memory.py measures each.)
+MAX_DECODE_BYTES = 4 * MAX_IMAGE_PIXELS
+_DECODER_COPIES = {"WEBP": 4}
+
 # The most bytes read from one file or accepted as raw bytes: the web app's
 # upload limit. A parameter of load_image; it can be raised, never removed,
 # since an unbounded read is how /dev/zero or a 3 GB file exhausts memory.
@@ -60,6 +71,13 @@ _STRIP_PIXELS = 2_000_000  # pixels converted at a time when shrinking a large p
 
 # What to do instead, when nothing more specific fits (a corrupt file, an unknown format).
 FORMAT_ADVICE = "Please upload a JPEG, PNG, WebP, GIF or BMP photo."
+
+
+def decode_cost(size: tuple[int, int], mode: str, fmt: str | None) -> int:
+    """Bytes that decoding an image of ``size`` (width, height) and ``mode``
+    in format ``fmt`` takes, by the rule of MAX_DECODE_BYTES."""
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return size[0] * size[1] * per_pixel * _DECODER_COPIES.get(fmt or "", 1)
 
 
 class ImageError(ValueError):
@@ -106,6 +124,53 @@ def _check_size(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageError(f"the image is {width}x{height}, too long and thin to caption "
                          f"(aspect ratio over {MAX_ASPECT_RATIO}:1)", _crop_advice(width, height))
+
+
+def _check_decode_cost(img: Image.Image) -> None:
+    """Refuse an image whose decoding would take over MAX_DECODE_BYTES."""
+    cost = decode_cost(img.size, img.mode, img.format)
+    if cost > MAX_DECODE_BYTES:
+        w, h = img.size
+        limit = MAX_DECODE_BYTES * w * h // cost
+        raise ImageError(f"the image is too large to decode within the memory budget ({w}x{h} {img.mode} "
+                         f"{img.format}: about {cost / 1e6:,.0f} MB to decode, over {MAX_DECODE_BYTES / 1e6:,.0f} MB; "
+                         f"limit {limit:,} pixels for this format)")
+
+
+# JPEG start-of-frame markers by entropy coding (Huffman or arithmetic).
+_JPEG_HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
+_JPEG_ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_is_huffman_coded(data: bytes) -> bool:
+    """Whether the JPEG in ``data`` is Huffman coded (almost every JPEG), from
+    its start-of-frame marker; False when the header cannot be walked."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_HUFFMAN_SOF:
+            return True
+        if marker in _JPEG_ARITHMETIC_SOF or marker == 0xDA:  # SOS: the scan starts, no frame seen
+            return False
+        i += 2 + (data[i + 2] << 8 | data[i + 3])
+    return False
+
+
+def _check_jpeg_length(data: bytes, size: tuple[int, int]) -> None:
+    """Refuse a Huffman-coded JPEG too short to hold its pixels. Every 8 x 8
+    block of the full-resolution component costs at least one bit (its DC
+    coefficient, in baseline and progressive scans alike), so a file of fewer
+    than blocks / 8 bytes is truncated: libjpeg would fill the missing blocks
+    with grey and only warn (a 2 KB file claiming 7999 x 7999 pixels). Real
+    files, even of a uniform grey at quality 5, are at least twice that."""
+    w, h = size
+    floor = -(-w // 8) * -(-h // 8) // 8
+    if len(data) < floor and _jpeg_is_huffman_coded(data):
+        raise ImageError(f"the image file is truncated: its header says {w}x{h} pixels, which needs at least "
+                         f"{floor:,} bytes of JPEG data, and the file has {len(data):,}")
 
 
 _FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
@@ -166,12 +231,15 @@ def _open_bytes(data: bytes, name: str, target_size: tuple[int, int] | None) -> 
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
             _check_size(*img.size)
+            if img.format == "JPEG":
+                _check_jpeg_length(data, img.size)
             if target_size is not None and img.format == "JPEG":
                 # libjpeg decodes at 1/2, 1/4 or 1/8 scale for the price of the
                 # smaller image; draft() never goes below the size asked, and
                 # twice the target keeps the final resize a true downscale.
                 side = 2 * max(target_size)
                 img.draft(None, (side, side))
+            _check_decode_cost(img)
             img.load()  # decode now, so a truncated file fails here
     except ImageError as e:
         raise ImageError(f"{name}: {e}", e.advice) from None
@@ -190,7 +258,25 @@ def _open_bytes(data: bytes, name: str, target_size: tuple[int, int] | None) -> 
     return img
 
 
-def _array_to_image(arr: np.ndarray) -> Image.Image:
+def _rows_to_uint8(rows: np.ndarray, float_scale: float) -> np.ndarray:
+    """Rows of an image array as 8-bit values (floats times ``float_scale``)."""
+    if rows.dtype.kind == "b":
+        return rows.astype(np.uint8) * np.uint8(255)  # a mask: True is white
+    if rows.dtype.kind == "f":
+        return np.clip(rows * float_scale, 0, 255).round().astype(np.uint8)
+    if rows.dtype.kind == "u" and rows.dtype.itemsize == 2:
+        return (rows >> 8).astype(np.uint8)
+    if rows.dtype != np.uint8:
+        return np.clip(rows, 0, 255).astype(np.uint8)
+    return rows
+
+
+def _array_to_image(arr: np.ndarray, target_size: tuple[int, int] | None = None) -> Image.Image:
+    """A numpy array as a PIL image, checked for shape and dtype before any
+    conversion, then converted a strip of rows at a time: a float array costs no
+    full-size float temporaries (a 4000 x 4000 x 3 float32 array took 551 MB
+    more than itself), and with ``target_size`` a large one is shrunk strip by
+    strip as in :func:`_shrink_to_rgb`."""
     if arr.dtype.kind not in "biuf":
         raise ImageError(f"numpy array of dtype {arr.dtype} is not an image: expected unsigned or "
                          "signed integers, floats or booleans")
@@ -201,20 +287,35 @@ def _array_to_image(arr: np.ndarray) -> Image.Image:
                          "(H, W, 3) or (H, W, 4)")
     if arr.size == 0:
         raise ImageError("numpy array is empty")
-    _check_size(arr.shape[1], arr.shape[0])
-    if arr.dtype.kind == "b":
-        arr = arr.astype(np.uint8) * np.uint8(255)  # a mask: True is white
-    elif arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise ImageError("numpy array holds NaN or infinite values")
-        # Floats are taken as 0..1 when they fit, else as 0..255.
-        scale = 255.0 if arr.max() <= 1.0 else 1.0
-        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
-    elif arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(arr))
+    h, w = arr.shape[:2]
+    _check_size(w, h)
+    channels = arr.shape[2] if arr.ndim == 3 else 1
+    side = 2 * max(target_size) if target_size is not None else None
+    fx, fy = (max(1, w // side), max(1, h // side)) if side else (1, 1)
+    # Strips of about a million values, a multiple of fy rows (strips reduce like the whole).
+    rows = fy * max(1, _STRIP_PIXELS // (2 * w * channels * fy))
+    scale = 1.0
+    if arr.dtype.kind == "f":
+        peak = -np.inf
+        for top in range(0, h, rows):
+            strip = arr[top:top + rows]
+            if not np.isfinite(strip).all():
+                raise ImageError("numpy array holds NaN or infinite values")
+            peak = max(peak, float(strip.max()))
+        scale = 255.0 if peak <= 1.0 else 1.0  # floats are taken as 0..1 when they fit, else as 0..255
+    if (fx, fy) == (1, 1):
+        out = None
+        for top in range(0, h, rows):
+            strip = Image.fromarray(np.ascontiguousarray(_rows_to_uint8(arr[top:top + rows], scale)))
+            if out is None:
+                out = Image.new(strip.mode, (w, h))
+            out.paste(strip, (0, top))
+        return out
+    out = Image.new("RGB", (-(-w // fx), -(-h // fy)))
+    for top in range(0, h, rows):
+        strip = Image.fromarray(np.ascontiguousarray(_rows_to_uint8(arr[top:top + rows], scale)))
+        out.paste(_convert_modes(strip).reduce((fx, fy)), (0, top // fy))
+    return out
 
 
 def _orientation(img: Image.Image) -> int:
@@ -316,6 +417,8 @@ def load_image(source: Any, *, max_bytes: int = MAX_IMAGE_BYTES,
         img = source
         try:
             _check_size(*img.size)
+            if isinstance(img, ImageFile.ImageFile) and getattr(img, "_im", 0) is None:  # opened, not decoded
+                _check_decode_cost(img)
             img.load()
         except ImageError:
             raise
@@ -327,7 +430,7 @@ def load_image(source: Any, *, max_bytes: int = MAX_IMAGE_BYTES,
             raise ImageError(f"the PIL.Image cannot be read: closed, or not decodable "
                              f"({type(e).__name__}: {e})") from e
     elif isinstance(source, np.ndarray):
-        img = _array_to_image(source)
+        img = _array_to_image(source, target_size)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         size = source.nbytes if isinstance(source, memoryview) else len(source)
         if size > max_bytes:

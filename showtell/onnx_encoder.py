@@ -18,9 +18,12 @@ runs the encoder.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import io
+import os
 import warnings
+import weakref
 
 import torch
 
@@ -56,23 +59,50 @@ class OnnxEncoder:
             torch.onnx.export(body, (torch.zeros(1, 3, h, w),), buf, input_names=["images"],
                               output_names=["feature_map"], opset_version=17, dynamo=False,
                               dynamic_axes={"images": {0: "batch"}, "feature_map": {0: "batch"}})
+        self._model, self._spin = buf.getvalue(), spin
+        self._session = self._new_session(torch.get_num_threads())
+        _LIVE.add(self)
+
+    def _new_session(self, threads: int):
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ONNX Runtime's idle threads spin for a while after each call: faster
         # back-to-back calls (a cache build: 79-80 photos/s against 67-72 without,
         # 1,500 photos), but between captions they take the cores from PyTorch's
         # decoder (caption() took 116-118 ms against 62-72 without).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self._session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spin else "0")
+        return ort.InferenceSession(self._model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> EncoderOutput:
         if images.device.type != "cpu":
             raise ValueError(f"OnnxEncoder runs on the CPU; got images on {images.device}")
+        if self._session is None:  # forked: a new session with one thread, as torch gets after a fork
+            self._session = self._new_session(1)
         x = images.detach().float().contiguous().numpy()
         (fmap,) = self._session.run(None, {"images": x})
         return EncoderOutput.of_map(torch.from_numpy(fmap))
+
+
+_LIVE: weakref.WeakSet[OnnxEncoder] = weakref.WeakSet()
+
+
+def _drop_sessions_after_fork() -> None:
+    """In a fork()ed child (multiprocessing's default on Linux), set aside every
+    session: its thread pool stayed in the parent, so run() would wait for it
+    forever, and so would its destructor (the child hung even at exit). The
+    parent's sessions are never freed in the child; each encoder makes a new
+    one on its next call."""
+    for encoder in list(_LIVE):
+        if encoder._session is not None:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(encoder._session))
+            encoder._session = None
+
+
+os.register_at_fork(after_in_child=_drop_sessions_after_fork)
 
 
 def onnx_runtime_encoder(encoder: ImageEncoder, device: str | torch.device = "cpu", runtime: str = "auto",

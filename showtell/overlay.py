@@ -108,11 +108,28 @@ def write_attention(photo: Image.Image, words: Sequence[str], attention: np.ndar
     paths = []
     for i, (word, a) in enumerate(zip(words, attention), start=1):
         path = os.path.join(out_dir, f"{stem}_{i:02d}_{_safe(word)}.png")
-        attention_overlay(shown, a).save(path, optimize=True)
+        _save_png(attention_overlay(shown, a), path)
         paths.append(path)
     grid = os.path.join(out_dir, f"{stem}_grid.png")
-    attention_grid(photo, words, attention).save(grid, optimize=True)
+    _save_png(attention_grid(photo, words, attention), grid)
     return paths + [grid]
+
+
+def _save_png(img: Image.Image, path: str) -> None:
+    """Write ``img`` to ``path`` through a temporary beside it: on a full disk
+    the file there before stays whole and no partial file is left."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".overlay-", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG", optimize=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 __all__ = ["attention_overlay", "attention_grid", "colormap", "upsample", "fit_within", "write_attention"]

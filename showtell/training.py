@@ -22,6 +22,7 @@ and :func:`end_epoch` (validate, select, save).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -41,6 +42,7 @@ from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
 from .datasets import DatasetSource, ImageCaptions, load_split, resolve_sources
 from .decoding import DecodeOptions
 from .distributed import Distributed, setup_distributed, teardown_distributed
+from .runfolder import RunLock, refuse_finished_run
 from .evaluation import caption_features, score_captions
 from .features import ConcatRows, FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
 from .metrics import CiderD, caption_statistics
@@ -559,15 +561,21 @@ def end_epoch(run: Run, scores: dict[str, float], train_seconds: float, t_epoch:
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, out_dir: str, *,
           resume: bool = False, init_from: str | None = None, encoder_weights: str | None = "default",
           cache_dir: str | None = None, device: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
     """Train a captioner; returns a summary (best epoch and val scores,
-    history). Under ``torchrun`` every rank calls it (see showtell.distributed)."""
+    history). Under ``torchrun`` every rank calls it (see showtell.distributed).
+    ``out_dir`` is locked for the run (RunFolderError if another run holds it),
+    and a finished run there is replaced only with ``overwrite``."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dist, device = setup_distributed(device)
     try:
-        return _train(model_cfg, data_cfg, train_cfg, out_dir, resume=resume, init_from=init_from,
-                      encoder_weights=encoder_weights, cache_dir=cache_dir, device=device,
-                      progress=progress and dist.is_main, log=log if dist.is_main else lambda s: None, dist=dist)
+        with RunLock(out_dir) if dist.is_main else contextlib.nullcontext():
+            if dist.is_main and not resume:
+                refuse_finished_run(out_dir, overwrite)
+            return _train(model_cfg, data_cfg, train_cfg, out_dir, resume=resume, init_from=init_from,
+                          encoder_weights=encoder_weights, cache_dir=cache_dir, device=device,
+                          progress=progress and dist.is_main, log=log if dist.is_main else lambda s: None,
+                          dist=dist)
     finally:
         teardown_distributed(dist)
 

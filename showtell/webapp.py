@@ -29,8 +29,10 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -44,6 +46,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 import pydantic  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 from gradio.route_utils import FnIndexInferError  # noqa: E402
 
 from .captioner import Captioner, Description, Explanation  # noqa: E402
@@ -80,6 +83,12 @@ LOG_LINE_CHARS = 2000  # the longest line written to the server's stdout / stder
 # Override with --concurrency / SHOWTELL_CONCURRENCY.
 DEFAULT_CONCURRENCY = 2
 QUEUE_MAX_SIZE = 64  # waiting requests beyond this get "Queue is full"
+# Uploads and the overlays of page captions are files in Gradio's cache; every
+# DELETE_EVERY seconds those older than DELETE_AFTER are deleted, and all of
+# them at shutdown (30 uploads never captioned left 28.6 MB, and every page
+# caption 13 overlays, for good). Override with SHOWTELL_DELETE_AFTER.
+DELETE_AFTER = 300
+DELETE_EVERY = 60
 # The n-best table: each caption with the score it is ranked by (the log-probability
 # per word, the page's length penalty being 1), the same number `showtell caption
 # --n-best` prints.
@@ -152,7 +161,7 @@ def _option(value: Any, name: str, lo: int, hi: int) -> int:
         raise gr.Error(problem, print_exception=False)
     try:
         f = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc"; 10**400, which no float holds
         raise gr.Error(problem, print_exception=False) from None
     if not math.isfinite(f) or f != round(f) or not lo <= f <= hi:
         raise gr.Error(problem, print_exception=False)
@@ -621,6 +630,56 @@ async def _unknown_function_index(request, exc):
     return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+_CALL_RESULT = re.compile(r"^/gradio_api/call/[^/]+/([^/]+)/?$")
+
+
+def allowed_hosts(host: str) -> frozenset[str] | None:
+    """The ``Host`` header values served (None: any). A server on the loopback
+    answers only to loopback names, so a forged ``Host`` is never reflected in
+    the URLs Gradio writes into /config; on the network, SHOWTELL_ALLOWED_HOSTS
+    (comma-separated) lists the names to answer to, else any is accepted."""
+    names = os.environ.get("SHOWTELL_ALLOWED_HOSTS", "")
+    if names.strip():
+        return frozenset(n.strip().lower() for n in names.split(",") if n.strip())
+    return frozenset(_LOOPBACK) if host in _LOOPBACK else None
+
+
+class _RequestChecks:
+    """ASGI middleware answering, before Gradio sees them: a ``Host`` header
+    that is not allowed (400) and a result stream for an event id the queue
+    does not know (404: the response was cut off mid-stream)."""
+
+    def __init__(self, app, hosts: frozenset[str] | None = None):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            problem = self._problem(scope)
+            if problem is not None:
+                status, detail = problem
+                await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _problem(self, scope) -> tuple[int, str] | None:
+        if self.hosts is not None:
+            host = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name not in self.hosts:
+                return 400, "This server does not answer to that Host header (SHOWTELL_ALLOWED_HOSTS lists the names)"
+        match = _CALL_RESULT.match(scope.get("path", ""))
+        if match and scope.get("method") == "GET":
+            event_id = match.group(1)
+            queue = scope["app"].get_blocks()._queue
+            known = event_id in queue.event_ids_to_events or any(
+                event_id in ids for ids in queue.pending_event_ids_session.values())
+            if not known:
+                return 404, (f"No event {event_id[:100]!r}: POST /gradio_api/call/<endpoint> first, then GET the "
+                             "event_id it returns")
+        return None
+
+
 def body_limit(max_file_size: int) -> int:
     """The largest request body served: an image at the upload limit as a
     base64 data: URL (4/3 of its size) plus room for the JSON or multipart
@@ -667,7 +726,9 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
            max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE, **kwargs):
     """Start the server (blocking unless ``prevent_thread_lock=True``), with
     uploads and data: URLs limited to ``max_file_size`` and every request body
-    to :func:`body_limit` of it."""
+    to :func:`body_limit` of it; uploads and overlays deleted DELETE_AFTER
+    seconds after they were written and at shutdown; requests checked by
+    :class:`_RequestChecks`."""
     size = parse_size(max_file_size)
     if hasattr(demo, "_showtell_limit"):
         demo._showtell_limit["bytes"] = size
@@ -680,8 +741,53 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
     handlers.setdefault(FnIndexInferError, _unknown_endpoint)
     handlers.setdefault(KeyError, _unknown_function_index)
     app_kwargs["exception_handlers"] = handlers
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", ()),
+                                Middleware(_RequestChecks, hosts=allowed_hosts(host))]
+    if demo.delete_cache is None:
+        age = int(os.environ.get("SHOWTELL_DELETE_AFTER") or DELETE_AFTER)
+        # Gradio deletes every file at shutdown; its own schedule is not used
+        # (see delete_old_files), ours runs instead.
+        demo.delete_cache = (10**9, age)
+        every = min(DELETE_EVERY, max(1, age // 2))
+        threading.Thread(target=_delete_on_schedule, args=(demo, every, age), daemon=True,
+                         name="showtell-delete-old-files").start()
     return demo.launch(server_name=host, server_port=port, max_file_size=size, css=CSS, app_kwargs=app_kwargs,
                        **kwargs)
+
+
+def delete_old_files(demo: gr.Blocks, age: float) -> int:
+    """Delete the files this app wrote (uploads, overlays) more than ``age``
+    seconds ago, keeping the examples; returns how many. Gradio's own schedule
+    iterates its sets of files while requests add to them, and under load its
+    task died of "Set changed size during iteration" at the first clash, after
+    which nothing was deleted (1,599 uploads after three rounds of 16 clients)."""
+    keep = set()
+    for block in demo.blocks.values():
+        keep.update(getattr(block, "keep_in_cache", ()))
+    now, deleted = time.time(), 0
+    for files in list(demo.temp_file_sets):
+        for path in list(files):  # a copy, made without releasing the GIL: requests add meanwhile
+            if path in keep:
+                continue
+            try:
+                if now - os.lstat(path).st_ctime > age:
+                    os.remove(path)
+                    deleted += 1
+                    files.discard(path)
+            except FileNotFoundError:
+                files.discard(path)
+            except OSError:
+                pass  # tried again next time
+    return deleted
+
+
+def _delete_on_schedule(demo: gr.Blocks, every: float, age: float) -> None:
+    while True:
+        time.sleep(every)
+        try:
+            delete_old_files(demo, age)
+        except Exception:  # never let one failure end the schedule
+            traceback.print_exc()
 
 
 def warm_up(captioner: Captioner) -> None:

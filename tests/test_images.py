@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from showtell.images import ImageError, Preprocessing, load_image
 
@@ -231,6 +231,82 @@ def test_absurd_aspect_ratios_are_refused_before_decoding():
     with pytest.raises(ImageError, match="too long and thin"):
         load_image(np.zeros((2, 50), dtype=np.uint8))
     assert load_image(np.zeros((10, 200), dtype=np.uint8)).size == (200, 10)  # 1:20 is still a photo
+
+
+# --- decoding cost bounded before decoding (issue 22) -----------------------------
+
+@pytest.mark.parametrize("fmt, mode, over", [("PNG", "RGB", (120, 90)), ("PNG", "RGBA", (120, 90)),
+                                             ("TIFF", "RGB", (120, 90)), ("TIFF", "F", (120, 90)),
+                                             ("BMP", "RGB", (120, 90)), ("GIF", "P", (250, 200))])
+def test_each_format_is_refused_over_its_decoding_budget_before_decoding(fmt, mode, over, monkeypatch):
+    from showtell import images
+
+    # The budget of a 100 x 100 RGB image: 10,000 pixels of 4 bytes, 40,000 of
+    # 1 byte (palette); Pillow's WebP decoder holds four copies (2,500 pixels).
+    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 4 * 100 * 100)
+
+    def encoded(size, kind=fmt):
+        img = Image.new("RGB", size, (10, 200, 30))
+        return _encode(img.quantize(4) if mode == "P" else img.convert(mode), kind)
+
+    assert load_image(encoded((60, 60))).size == (60, 60)
+    with pytest.raises(ImageError, match=rf"memory budget \({over[0]}x{over[1]} {mode} {fmt}: about 0 MB to "
+                                         r"decode, over 0 MB; limit (10|40),000 pixels for this format\)"):
+        load_image(encoded(over))
+    webp = _encode(Image.new("RGB", (60, 60)), "WEBP", lossless=True)
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self, *a: decoded.append(self))
+    with pytest.raises(ImageError, match=r"too large to decode within the memory budget \(60x60 RGB WEBP: .* "
+                                         r"limit 2,500 pixels for this format\)"):
+        load_image(webp)
+    with pytest.raises(ImageError, match="memory budget"):
+        load_image(Image.open(io.BytesIO(webp)))  # a lazily opened PIL.Image too
+    assert not decoded  # refused from the header
+
+
+def test_decoding_budget_admits_an_8000_pixel_square_rgb_photo_and_a_4000_pixel_webp():
+    from showtell.images import MAX_DECODE_BYTES, decode_cost
+
+    assert decode_cost((8000, 8000), "RGB", "PNG") <= MAX_DECODE_BYTES
+    assert decode_cost((8000, 8000), "I;16", "TIFF") <= MAX_DECODE_BYTES
+    assert decode_cost((4000, 4000), "RGBA", "WEBP") <= MAX_DECODE_BYTES < decode_cost((4001, 4001), "RGB", "WEBP")
+    # The issue's 2.5 KB lossless WebP of 8000 x 8000 pixels took +976 MB.
+    assert decode_cost((8000, 8000), "RGB", "WEBP") > MAX_DECODE_BYTES
+
+
+def test_jpeg_too_short_for_its_pixels_is_refused_as_truncated():
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).resize((2000, 2000))
+    data = _encode(img, "JPEG", quality=50)
+    forged = data[:2000] + b"\xff\xd9"  # cut and closed with an end-of-image marker: libjpeg only warns
+    for target in (None, (224, 224)):
+        with pytest.raises(ImageError, match=r"truncated: its header says 2000x2000 pixels, which needs at least "
+                                             r"7,812 bytes of JPEG data, and the file has 2,002"):
+            load_image(forged, target_size=target)
+    assert load_image(data, target_size=(224, 224)).size == (500, 500)
+    # The floor holds for the smallest real files: a uniform grey, progressive, optimised, quality 5.
+    for mode in ("L", "RGB"):
+        flat = _encode(Image.new(mode, (2000, 2000), 128 if mode == "L" else (128,) * 3), "JPEG", quality=5,
+                       progressive=True, optimize=True)
+        assert load_image(flat).size == (2000, 2000)
+
+
+def test_float_array_is_converted_without_full_size_temporaries():
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    arr = rng.random((1500, 2000, 3), dtype=np.float32)  # 36 MB
+    expected = load_image(Image.fromarray(np.clip(arr * 255.0, 0, 255).round().astype(np.uint8)),
+                          target_size=(224, 224))
+    for target in ((224, 224), None):
+        tracemalloc.start()
+        img = load_image(arr, target_size=target)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # numpy's allocations are traced: strips of 1 M values, never a full-size copy (was ~4 x the array)
+        assert peak < arr.nbytes / 3, f"{peak / 1e6:.1f} MB"
+    assert img.size == (2000, 1500)
+    assert load_image(arr, target_size=(224, 224)).tobytes() == expected.tobytes()
 
 
 # --- every other kind of bad input is an ImageError ------------------------------

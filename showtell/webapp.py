@@ -294,6 +294,8 @@ SCORE_LABELS = {"bleu1": ("BLEU-1", ""), "bleu2": ("BLEU-2", ""), "bleu3": ("BLE
                 "distinct_captions": ("distinct captions", " %"), "mean_length": ("mean caption length", " words")}
 # The photos in each split of Flickr8k's official files (the other datasets vary).
 SPLIT_PHOTOS = {"flickr8k": {"train": 6000, "val": 1000, "test": 1000}}
+SPLIT_PHOTOS["coco-2733"] = {"train": 2233, "val": 250, "test": 250}  # the fixed split of ../shared/data/coco-2733
+DATASET_NAMES = {"flickr8k": "Flickr8k"}  # how the card writes a dataset's name
 _DECODING_KEYS = ("beam_size", "guidance_threshold", "length_penalty", "images", "notes")
 
 
@@ -357,7 +359,7 @@ def _datasets_text(d: dict) -> str:
             details.append(f"the first {min(cap, total):,} of its {total:,} photos" if cap else f"{total:,} photos")
         if source.weight != 1:
             details.append(f"weight {source.weight:g}: each caption seen {source.weight:g} times an epoch")
-        parts.append(f"{source.name} ({', '.join(details)})")
+        parts.append(f"{DATASET_NAMES.get(source.name, source.name)} ({', '.join(details)})")
     text = " and ".join(parts) + ", one vocabulary over all"
     return text + (f" (--max-images {cap})" if cap else "")
 
@@ -379,8 +381,15 @@ def model_card(captioner: Captioner) -> str:
              f"- **Vocabulary:** {card.get('vocab_size', 0):,} words"]
     val_split = d.get("val_split", "val")
     mean = f", the mean of {len(d['datasets'])} datasets' val splits" if len(d.get("datasets") or ()) > 1 else ""
+    if d.get("datasets"):  # the first dataset's test scores are the model's own
+        from .config import parse_dataset_spec
+
+        first = parse_dataset_spec(d["datasets"][0]).name
+        own = f" on {DATASET_NAMES.get(first, first)}"
+    else:
+        own = ""
     for key, what in (("val_scores", f"Validation scores ({val_split} split, greedy, while training{mean}; x100)"),
-                      ("test_scores", "Test scores (`showtell evaluate --store`; x100)")):
+                      ("test_scores", f"Test scores{own} (`showtell evaluate --store`; x100)")):
         scores = card.get(key)
         shown = _scores_text(scores) if scores else ""
         if shown:

@@ -19,9 +19,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # caption("examples/cat.jpg", guided=False)   # 'a small white dog is playing with a ball'
 QUOTED = re.compile(r"""caption\((?P<args>"examples/[\w.]+"[^)]*)\)\s*#\s*(?P<quote>'[^']*')""")
 # Written on another branch (the reliability work) and merged beside this one.
-MERGED_ELSEWHERE = {"docs/reliability.md"}
-
-
 def _quoted_captions():
     found = []
     for path in DOCS:
@@ -60,8 +57,6 @@ def test_readme_is_short_and_its_links_lead_somewhere():
             if target.startswith("http"):
                 continue
             resolved = (path.parent / target).resolve()
-            if str(resolved.relative_to(ROOT)) in MERGED_ELSEWHERE:
-                continue
             assert resolved.exists(), f"{path.name} links to {target}, which does not exist"
 
 

@@ -89,18 +89,20 @@ def test_a_02_checkpoint_loads_forward_and_captions_as_before(tmp_path, decoder)
     assert read_checkpoint(str(tmp_path / "again.pt")).model_config == model.cfg
 
 
-def test_the_bundled_model_is_a_02_checkpoint_and_exports_to_the_current_format(tmp_path, capsys):
+def test_the_bundled_model_carries_its_hash_and_exports_with_everything_measured(tmp_path, capsys):
     raw = torch.load(BUNDLED, weights_only=True)
-    assert raw["format_version"] == 1 and "content_hash" not in raw  # as shipped by 0.2
+    assert raw["format_version"] == 2 and raw["content_hash"] == content_hash(raw)  # checked on every load
     record = read_checkpoint(BUNDLED)
     assert record.model_config.decoder_config == DECODER_CONFIGS["show_attend_tell"](512, 512, 512, 0.5)
-    assert record.scores == {"val": raw["val_scores"]} and record.training is None
+    assert record.scores == {"val": raw["val_scores"], "test": raw["test_scores"]} and record.training is None
+    assert set(record.dataset_scores) == {"flickr8k", "coco-2733"}  # its test scores in both worlds
 
     out = str(tmp_path / "exported.pt")
     assert main(["export", BUNDLED, out, "--fp16"]) == 0
     new = torch.load(out, weights_only=True)
     assert new["format_version"] == 2 and new["content_hash"] == content_hash(new)
     assert new["val_scores"] == raw["val_scores"] and new["vocab"] == raw["vocab"]
+    assert new["test_scores"] == raw["test_scores"] and new["dataset_scores"] == raw["dataset_scores"]
     assert new["guidance"] == raw["guidance"] and new["encoder"] is None
     assert new["decoder"].keys() == raw["decoder"].keys()
     for k, v in raw["decoder"].items():  # float16 -> float32 -> float16 is exact

@@ -179,6 +179,6 @@ def test_the_issues_torchrun_command(tmp_path, flickr8k_root):
     model = CaptionModel.from_checkpoint(str(out / "best.pt"))  # one process loads a DDP checkpoint
     ckpt = torch.load(out / "best.pt", weights_only=True)
     assert ckpt["encoder"] is None and ckpt["data_config"]["max_images"] == 200
-    feats = torch.randn(2, 1280)
+    feats = torch.randn(2, 49, 1280) if model.feature_kind == "spatial" else torch.randn(2, 1280)  # the default decoder's
     from showtell.decoding import DecodeOptions
     assert len(model.generate(feats, DecodeOptions(beam_size=1, max_len=5))) == 2

@@ -255,9 +255,11 @@ def test_caption_method_is_tags_then_constraints_then_search_with_attention():
     torch.manual_seed(2)
     spatial = torch.randn(4, 49, 512)
     pooled = spatial.mean(dim=1)
-    opts = DecodeOptions(beam_size=2, n_best=2, max_len=6, guidance_threshold=0.01)
     tags = model.word_tags(pooled)
-    constraints = model.constraints(tags, 0.01)
+    top = sorted(t[0].prob for t in tags if t)
+    threshold = (top[0] + top[-1]) / 2  # between the images' most probable tags: some guided, some not
+    opts = DecodeOptions(beam_size=2, n_best=2, max_len=6, guidance_threshold=threshold)
+    constraints = model.constraints(tags, threshold)
     assert any(constraints) and not all(constraints)  # a mixed batch: guided and plain images
     found = model.caption(spatial, opts, pooled, attention=True)
     assert [f.hypotheses for f in found] == model.generate(spatial, opts, constraints)

@@ -31,7 +31,7 @@ def test_decoding_options_are_bounded(options, words):
 @pytest.mark.parametrize("flag, value", [("hidden_dim", 1_000_000), ("embed_dim", 10**9), ("num_layers", 1000)])
 def test_model_sizes_are_bounded(flag, value):
     with pytest.raises(ValueError, match=f"{flag} \\(--{flag.replace('_', '-')}\\) must be at most"):
-        ModelConfig(**{flag: value})
+        ModelConfig(decoder="show_tell", **{flag: value})  # num_layers is show_tell's
 
 
 @pytest.mark.parametrize("cls, flag, value", [
@@ -72,7 +72,8 @@ def test_caption_flags_out_of_bounds_are_one_line_before_loading(flags, words, m
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return CaptionModel.build(ModelConfig(embed_dim=16, hidden_dim=16), Vocabulary(WORDS), encoder_weights=None)
+    return CaptionModel.build(ModelConfig(decoder="show_tell", embed_dim=16, hidden_dim=16), Vocabulary(WORDS),
+                              encoder_weights=None)
 
 
 @pytest.mark.parametrize("penalty", [-10.0, 10.0])

@@ -178,5 +178,6 @@ def test_model_card_names_each_dataset_of_a_mixed_run():
 
     text = _data_text({"datasets": ["f8=../shared/data/flickr8k", "../shared/data/coco-2733@2"],
                        "train_split": "train", "max_images": 300})
-    assert text == ("f8 (train split, the first 300 of its 6,000 photos) and coco-2733 (train split, weight 2: "
-                    "each caption seen 2 times an epoch), one vocabulary over all (--max-images 300)")
+    assert text == ("f8 (train split, the first 300 of its 6,000 photos) and coco-2733 (train split, the first 300 "
+                    "of its 2,233 photos, weight 2: each caption seen 2 times an epoch), one vocabulary over all "
+                    "(--max-images 300)")

@@ -65,7 +65,7 @@ def test_scored_caption_carries_the_same_confidence_as_the_page():
     assert all(isinstance(c, ScoredCaption) and c.confidence is not None for c in caps)
     # the page's definition (confidence() of the n-best list) is the best caption's own
     assert caps[0].confidence == confidence(caps, captioner.confidence_threshold)
-    assert caps[0].confidence == caption_confidence(caps[0].text, caps[0].logprob, THRESHOLD)
+    assert caps[0].confidence == caption_confidence(caps[0].text, caps[0].logprob, captioner.confidence_threshold)
     # ranked by the log-probability per word (length penalty 1): the confidence value is that score
     assert [c.score for c in caps] == sorted((c.score for c in caps), reverse=True)
     assert all(c.score == pytest.approx(c.confidence.value, abs=1e-4) for c in caps)

@@ -24,6 +24,7 @@ import zipfile
 from typing import Any, Callable, Sequence
 
 from .config import DataConfig, ModelConfig, TrainConfig, decoders_with, flag_defaults, parse_dataset_spec
+from .datasets import DatasetError, has_split, resolve_sources
 from .metric_registry import label as metric_label
 from .runfolder import RunFolderError, refuse_finished_run
 
@@ -290,18 +291,10 @@ def check_dataset_paths(cfg: DataConfig, splits: Sequence[str]) -> None:
 def _sources(cfg: DataConfig):
     """The datasets a config names, each told by what its path holds; a path
     that is none is a :class:`UsageError`."""
-    from .datasets import DatasetError, resolve_sources
-
     try:
         return resolve_sources(cfg)
     except DatasetError as e:
         raise UsageError(str(e)) from None
-
-
-def has_split(cfg: DataConfig, split: str) -> bool:
-    from .datasets import has_split as _has_split
-
-    return _has_split(cfg, split)
 
 
 def coco_splits_message(split: str) -> str:
@@ -565,19 +558,18 @@ def _scoring_options(args: argparse.Namespace):
 def _scoring_items(args: argparse.Namespace, ckpt):
     """The dataset's name (its feature-cache entries), config (--data's, or the
     checkpoint's with the command's overrides) and the items of --split."""
-    from .datasets import DatasetError, load_split
+    from .datasets import load_split
 
     overrides = {k: getattr(args, k) for k in _DATA_OVERRIDES if getattr(args, k) is not None}
     stored = ckpt.data_config
     if getattr(args, "data", None):
         if overrides:
             raise UsageError(f"--data names the whole dataset: leave out --{next(iter(overrides)).replace('_', '-')}")
-        spec = parse_dataset_spec(args.data)
-        data_cfg = _sources(DataConfig(datasets=(spec.path,)))[0].cfg
-        if not has_split(data_cfg, args.split):
+        source = _sources(DataConfig(datasets=(args.data,)))[0]
+        if not has_split(source.cfg, args.split):
             raise UsageError(f"--data {args.data}: no {args.split} split there")
         try:
-            return spec.name, data_cfg, load_split(data_cfg, args.split)
+            return source.name, source.cfg, source.split(args.split)
         except DatasetError as e:
             raise DatasetError(f"--data {args.data}: {e}") from e
     if stored.datasets and not overrides:
@@ -633,7 +625,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.store:
         # Scores of the model's own (first) dataset are its SPLIT_scores; every dataset's
         # are kept by name too (a model trained on Flickr8k and COCO is scored on both).
-        own = name == _sources(ckpt.data_config)[0].name
+        own = name == ckpt.data_config.names()[0]
         save_checkpoint(ckpt.with_scores(args.split, {
             "beam_size": args.beam_size, "guidance_threshold": args.guidance_threshold,
             "length_penalty": opts.length_penalty,

@@ -240,6 +240,11 @@ class DataConfig:
     max_images: int = 0  # at most this many photos of each split (smoke runs, tests); 0 = all
 
     DATASETS = ("flickr8k", "coco", "karpathy")  # not a field: the readers in showtell.datasets
+
+    def names(self) -> list[str]:
+        """The names of the datasets this config trains on (their cache entries and
+        val figures): each ``--data``'s, or the single dataset's kind. No file is read."""
+        return [parse_dataset_spec(spec).name for spec in self.datasets] or [self.dataset]
     SPLITS = ("train", "val", "test")
 
     def __post_init__(self):
@@ -252,7 +257,7 @@ class DataConfig:
             object.__setattr__(self, "datasets", tuple(self.datasets))
         if not isinstance(self.datasets, tuple):
             raise TypeError(f"datasets (--data) must be a list of dataset specs, got {self.datasets!r}")
-        names = [parse_dataset_spec(spec).name for spec in self.datasets]
+        names = self.names()
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"datasets (--data): the name {repeated[0]!r} is given twice; name them apart "

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_resumable, save_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig, config_from_dict
-from .datasets import DatasetSource, ImageCaptions, load_split, resolve_sources
+from .datasets import DatasetSource, ImageCaptions, resolve_sources
 from .decoding import DecodeOptions
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .runfolder import RunLock, refuse_finished_run
@@ -52,12 +52,6 @@ from .text import Vocabulary, tokenize
 
 
 # --- data ----------------------------------------------------------------------------
-
-def load_items(cfg: DataConfig, split: str) -> list[ImageCaptions]:
-    """The items of a split of a single-dataset config, at most ``cfg.max_images`` of them (0: all)."""
-    items = load_split(cfg, split)
-    return items[:cfg.max_images] if cfg.max_images else items
-
 
 class PerDatasetCider:
     """CIDEr-D of the training corpus with each dataset's own document
@@ -106,6 +100,12 @@ def encode_captions(items: list[ImageCaptions], vocab: Vocabulary, max_len: int)
     return torch.from_numpy(caps), torch.from_numpy(lengths), torch.from_numpy(image_of)
 
 
+def weighted_rows(n: int, weight: float) -> int:
+    """How many rows a group of ``n`` rows gives an epoch at ``weight``: ``int(weight)``
+    whole repeats and a part for the fraction (:func:`epoch_rows`)."""
+    return int(weight) * n + round((weight - int(weight)) * n)
+
+
 def epoch_rows(n: int, groups: list[tuple[torch.Tensor, float]] | None, g: torch.Generator) -> torch.Tensor:
     """The rows one epoch visits, shuffled: each row once, or, with ``groups``
     (the rows of each dataset and its weight), each group's rows ``weight``
@@ -116,7 +116,7 @@ def epoch_rows(n: int, groups: list[tuple[torch.Tensor, float]] | None, g: torch
     for rows, weight in groups:
         whole = int(weight)
         parts += [rows] * whole
-        extra = round((weight - whole) * len(rows))
+        extra = weighted_rows(len(rows), weight) - whole * len(rows)
         if extra:
             parts.append(rows[torch.randperm(len(rows), generator=g)[:extra]])
     pool = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
@@ -208,8 +208,7 @@ class BatchSource:
             if sum(n for n, _ in weights) != len(items):
                 raise ValueError(f"dataset sizes {[n for n, _ in weights]} do not add up to {len(items)} images")
             starts = np.cumsum([0] + [n for n, _ in weights])
-            image_rows = torch.arange(len(self.lengths)) if per_image else None
-            owner = self.image_of if not per_image else image_rows  # the image of each row
+            owner = torch.arange(len(items)) if per_image else self.image_of  # the image of each row
             self.groups = [(torch.nonzero((owner >= int(a)) & (owner < int(b))).flatten(), w)
                            for a, b, (_, w) in zip(starts[:-1], starts[1:], weights)]
 
@@ -217,7 +216,7 @@ class BatchSource:
         """Rows (captions or images) per epoch, counting each dataset's weight."""
         if self.groups is None:
             return len(self.lengths)
-        return sum(int(w) * len(r) + round((w - int(w)) * len(r)) for r, w in self.groups)
+        return sum(weighted_rows(len(r), w) for r, w in self.groups)
 
     def epoch(self, epoch: int) -> list[torch.Tensor]:
         return epoch_batches(self.lengths, self.batch_size, self.seed, epoch, self.groups)

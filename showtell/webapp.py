@@ -292,9 +292,9 @@ def page_outputs(captioner: Captioner, image: Any, beam_size: Any, num_captions:
 SCORE_LABELS = {"bleu1": ("BLEU-1", ""), "bleu2": ("BLEU-2", ""), "bleu3": ("BLEU-3", ""), "bleu4": ("BLEU-4", ""),
                 "cider": ("CIDEr-D", ""), "meteor": ("METEOR", ""), "rouge_l": ("ROUGE-L", ""),
                 "distinct_captions": ("distinct captions", " %"), "mean_length": ("mean caption length", " words")}
-# The photos in each split of Flickr8k's official files (the other datasets vary).
-SPLIT_PHOTOS = {"flickr8k": {"train": 6000, "val": 1000, "test": 1000}}
-SPLIT_PHOTOS["coco-2733"] = {"train": 2233, "val": 250, "test": 250}  # the fixed split of ../shared/data/coco-2733
+# The photos in each split of Flickr8k's official files and coco-2733's fixed split (other datasets vary).
+SPLIT_PHOTOS = {"flickr8k": {"train": 6000, "val": 1000, "test": 1000},
+                "coco-2733": {"train": 2233, "val": 250, "test": 250}}
 DATASET_NAMES = {"flickr8k": "Flickr8k"}  # how the card writes a dataset's name
 _DECODING_KEYS = ("beam_size", "guidance_threshold", "length_penalty", "images", "notes")
 

@@ -39,6 +39,22 @@ GUIDANCE_THRESHOLD = 0.8
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
 
 
+def default_options(checkpoint: dict[str, Any]) -> DecodeOptions:
+    """caption()'s decoding options for a model (a checkpoint dict): beam 3, the
+    best caption, at most 20 words, guided; the guidance threshold and
+    fallback chosen on val splits for this model where its ``calibration``
+    holds them (``benchmarks/bench_guidance.py --store``), else
+    :data:`GUIDANCE_THRESHOLD` and DecodeOptions' fallback. evaluate reads the
+    same options, so its figures are what caption() gives."""
+    calibration = checkpoint.get("calibration") or {}
+    stored = {k: calibration[k] for k in ("guidance_threshold", "guidance_fallback") if k in calibration}
+    try:
+        return DecodeOptions(beam_size=3, n_best=1, max_len=20,
+                             **{"guidance_threshold": GUIDANCE_THRESHOLD, **stored})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"calibration: {e}") from None
+
+
 @dataclass(frozen=True)
 class Explanation:
     """A caption with where the model looked while choosing each word."""
@@ -156,7 +172,7 @@ class Captioner:
         self.vocab = self.model.vocab
         self.preprocessing = self.model.preprocessing
         self.batch_size = batch_size
-        self.defaults = DecodeOptions(beam_size=3, n_best=1, max_len=20, guidance_threshold=GUIDANCE_THRESHOLD)
+        self.defaults = default_options(ckpt)
         self.max_image_bytes = max_image_bytes  # the most bytes read of one image file
         if self.precision == "float32":
             with torch.no_grad():  # make the fused inference steps now, not on the first photo

@@ -48,6 +48,10 @@ class Captions:
     tags: list[WordTag]  # the image's most probable ImageNet word tags; [] without pooled features or head
     constraints: list[tuple[int, ...]]  # word-id sets the captions had to use (one word of each); [] unguided
     attention: torch.Tensor | None = None  # (words, P) behind the best caption's words, when asked for
+    # Guided, but the guided caption fell too far below the unguided one
+    # (DecodeOptions.guidance_fallback): these are the unguided captions, and
+    # ``constraints`` is [].
+    set_aside: bool = False
 
     def meets(self, hypothesis: Hypothesis) -> bool:
         """Whether ``hypothesis`` holds a word of each constraint set (False:
@@ -133,11 +137,18 @@ class CaptionModel(nn.Module):
         # In float32 (the default) this is exact; a reduced precision runs the
         # decoder in it too: the LSTM's weights are read from memory at every
         # step, so halving them is where a CPU's speed is (README: precision).
+        fallback = guided and opts.guidance_fallback is not None
         with autocast(features.device, precision):
-            found = self.generate(features, opts, required if guided else None)
+            found, unguided = self._generate(features, opts, required if guided else None, unguided_too=fallback)
+        # A guided caption far less probable per word than the unguided one is set aside for it.
+        set_aside = {i for i, plain in unguided.items()
+                     if plain and found[i] and found[i][0].mean_logprob < plain[0].mean_logprob - opts.guidance_fallback}
+        for i in set_aside:
+            found[i], required[i] = unguided[i], []
         maps = [self._attention(features[i:i + 1], hyps[0]) if attention and hyps else None
                 for i, hyps in enumerate(found)]
-        return [Captions(hyps, t, r, a) for hyps, t, r, a in zip(found, tags, required, maps)]
+        return [Captions(hyps, t, r, a, i in set_aside)
+                for i, (hyps, t, r, a) in enumerate(zip(found, tags, required, maps))]
 
     def _attention(self, features: torch.Tensor, best: Hypothesis) -> torch.Tensor:
         """(len(best.tokens), P): where the decoder looked while choosing each
@@ -166,6 +177,15 @@ class CaptionModel(nn.Module):
         one whose constraint no caption could meet gets its best unconstrained
         captions), the others through the plain search, exactly as without them.
         :meth:`caption` is the caller that turns tags into constraints."""
+        return self._generate(features, opts, constraints)[0]
+
+    def _generate(self, features: torch.Tensor, opts: DecodeOptions,
+                  constraints: Sequence[Sequence[Constraint]] | None,
+                  unguided_too: bool = False) -> tuple[list[list[Hypothesis]], dict[int, list[Hypothesis]]]:
+        """:meth:`generate`'s captions and, with ``unguided_too``, each
+        constrained image's unconstrained captions (by its index), found in
+        the same search: a batch decodes each image as it would alone, and on a
+        CPU a step costs about the same for a few more rows."""
         if constraints is not None and len(constraints) != features.size(0):
             raise ValueError(f"got constraints for {len(constraints)} images but features for {features.size(0)}")
         was_training = self.decoder.training
@@ -178,18 +198,19 @@ class CaptionModel(nn.Module):
                 # Only the constrained images pay for the extra beams (2**c per image);
                 # the others are decoded apart (batched equals one by one).
                 out: list[list[Hypothesis]] = [[] for _ in range(features.size(0))]
-                found = beam_search(steps, features[rows], opts, v.end_id, v.start_id, v.unk_id,
-                                    [constraints[i] for i in rows])
+                extra = rows if unguided_too else []
+                found = beam_search(steps, features[rows + extra], opts, v.end_id, v.start_id, v.unk_id,
+                                    [constraints[i] for i in rows] + [[] for _ in extra])
                 for i, hyps in zip(rows, found):
                     out[i] = hyps
                 rest = [i for i in range(features.size(0)) if not constraints[i]]
                 if rest:
                     for i, hyps in zip(rest, self.generate(features[rest], opts)):
                         out[i] = hyps
-                return out
+                return out, dict(zip(extra, found[len(rows):]))
             if opts.beam_size == 1:
-                return [[h] for h in greedy_decode(steps, features, opts, v.end_id, v.start_id, v.unk_id)]
-            return beam_search(steps, features, opts, v.end_id, v.start_id, v.unk_id)
+                return [[h] for h in greedy_decode(steps, features, opts, v.end_id, v.start_id, v.unk_id)], {}
+            return beam_search(steps, features, opts, v.end_id, v.start_id, v.unk_id), {}
         finally:
             self.decoder.train(was_training)
 

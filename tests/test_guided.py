@@ -258,7 +258,8 @@ def test_caption_method_is_tags_then_constraints_then_search_with_attention():
     tags = model.word_tags(pooled)
     top = sorted(t[0].prob for t in tags if t)
     threshold = (top[0] + top[-1]) / 2  # between the images' most probable tags: some guided, some not
-    opts = DecodeOptions(beam_size=2, n_best=2, max_len=6, guidance_threshold=threshold)
+    # (no fallback: every guided caption kept, see the next test)
+    opts = DecodeOptions(beam_size=2, n_best=2, max_len=6, guidance_threshold=threshold, guidance_fallback=None)
     constraints = model.constraints(tags, threshold)
     assert any(constraints) and not all(constraints)  # a mixed batch: guided and plain images
     found = model.caption(spatial, opts, pooled, attention=True)
@@ -277,3 +278,54 @@ def test_caption_method_is_tags_then_constraints_then_search_with_attention():
     nic = _tiny("show_tell")
     with pytest.raises(ValueError, match="no attention"):
         nic.caption(pooled, opts, pooled, attention=True)
+
+
+def test_a_guided_caption_far_below_the_unguided_one_is_set_aside():
+    """guidance_fallback: an image whose guided caption's log-probability per
+    word falls more than the margin below its unguided caption's gets the
+    unguided captions (no constraints, set_aside); the others keep theirs."""
+    model = _tiny()
+    torch.manual_seed(3)
+    spatial = torch.randn(12, 49, 512)
+    pooled = spatial.mean(dim=1)
+    lowest = min(t[0].prob for t in model.word_tags(pooled))
+    opts = DecodeOptions(beam_size=2, n_best=2, max_len=6, guidance_threshold=lowest, guidance_fallback=None)
+    guided = model.caption(spatial, opts, pooled)
+    plain = model.caption(spatial, replace(opts, guidance_threshold=None), pooled)
+    assert all(g.constraints for g in guided) and not any(g.set_aside for g in guided)
+    gaps = [p.hypotheses[0].mean_logprob - g.hypotheses[0].mean_logprob for g, p in zip(guided, plain)]
+    margin = sorted(gaps)[len(gaps) // 2]  # half the images fall further than this, half not
+    fell = [gap > margin for gap in gaps]
+    assert any(fell) and not all(fell)
+    found = model.caption(spatial, replace(opts, guidance_fallback=margin), pooled)
+    for f, g, p, down in zip(found, guided, plain, fell):
+        assert f.set_aside == down and f.tags == g.tags
+        if down:
+            assert f.hypotheses == p.hypotheses and f.constraints == []
+        else:
+            assert f.hypotheses == g.hypotheses and f.constraints == g.constraints
+    # Unguided decoding never sets anything aside; a bad margin is refused by name.
+    assert not any(f.set_aside for f in model.caption(spatial, replace(opts, guidance_threshold=None,
+                                                                        guidance_fallback=0.0), pooled))
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance_fallback"):
+            replace(opts, guidance_fallback=bad)
+    with pytest.raises(TypeError, match="guidance_fallback"):
+        replace(opts, guidance_fallback="1")
+
+
+def test_caption_reads_the_guidance_settings_stored_with_the_model(tmp_path):
+    """default_options: a model's calibrated guidance threshold and fallback
+    (benchmarks/bench_guidance.py --store) are caption()'s defaults; a
+    model without them gets GUIDANCE_THRESHOLD and DecodeOptions' fallback;
+    a stored value out of range is a CheckpointError naming it."""
+    from showtell.captioner import default_options
+
+    plain = default_options({})
+    assert plain.guidance_threshold == GUIDANCE_THRESHOLD
+    assert plain.guidance_fallback == DecodeOptions().guidance_fallback
+    stored = default_options({"calibration": {"guidance_threshold": 0.6, "guidance_fallback": 0.25,
+                                              "confidence_threshold": -1.0}})
+    assert (stored.guidance_threshold, stored.guidance_fallback, stored.beam_size) == (0.6, 0.25, 3)
+    with pytest.raises(CheckpointError, match="guidance_threshold"):
+        default_options({"calibration": {"guidance_threshold": 1.5}})

@@ -10,8 +10,8 @@ person's verdict on it:
 - ``partly``: it names the main subject or scene but gets something important wrong;
 - ``wrong``: otherwise.
 
-A caption that a model already had judged keeps its verdict; a new caption
-starts unjudged (``null``). Contact sheets (photo + caption, numbered) are
+A caption already judged for the same photo (by this model or another that
+said the same words) keeps its verdict; a new caption starts unjudged (``null``). Contact sheets (photo + caption, numbered) are
 written for the person judging; they edit the verdicts in the JSON file.
 
     python scripts/judge_photos.py --model bundled-0.2=OLD.pt --model bundled-0.3=showtell/models/showtell-flickr8k.pt \\
@@ -110,9 +110,8 @@ def main(argv=None) -> int:
         captioner = Captioner(checkpoint)
         captions[name] = [captioner(it.path) for it in photos]
         for photo, text in zip(record["photos"], captions[name]):
-            old = photo["captions"].get(name)
-            photo["captions"][name] = {"caption": text,
-                                       "verdict": old["verdict"] if old and old["caption"] == text else None}
+            same = [c["verdict"] for c in photo["captions"].values() if c["caption"] == text and c["verdict"]]
+            photo["captions"][name] = {"caption": text, "verdict": same[0] if same else None}
     if args.model:
         os.makedirs(os.path.dirname(os.path.abspath(args.file)), exist_ok=True)
         with open(args.file, "w", encoding="utf-8") as f:

@@ -182,16 +182,21 @@ def examples_confidence() -> str:
 
 @block("examples-guided")
 def examples_guided() -> str:
-    from showtell.captioner import GUIDANCE_THRESHOLD
-
     captioner = _captioner()
+    threshold = captioner.defaults.guidance_threshold  # the model's own (its calibration)
     lines = ["| photo | unguided (`--no-guidance`) | guided (default) | top tag |", "|---|---|---|---|"]
     for name in EXAMPLE_PHOTOS:
         path = f"examples/{name}.jpg"
         plain = captioner(path, guided=False)
         (best,) = captioner.caption_each([path])[0]  # caption()'s decoding: guided
         tag = best.tags[0] if best.tags else None
-        shown = best.text if best.required else f"(the same: no tag reaches {GUIDANCE_THRESHOLD})"
+        if best.required:
+            shown = best.text
+        elif tag and tag.prob >= threshold:  # guided, but set aside (DecodeOptions.guidance_fallback)
+            forced = captioner(path, guidance_fallback=None)
+            shown = f"(the same: \"{forced}\", forced to say {tag.words[0]}, was set aside)"
+        else:
+            shown = f"(the same: no tag reaches {threshold})"
         top = f"{'/'.join(tag.words[:2])} {tag.prob:.2f}" if tag else "-"
         lines.append(f"| {name}.jpg | {plain} | {shown} | {top} |")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .datasets import ImageCaptions
 from .decoding import DecodeOptions
+from .defaults import BOOTSTRAP_RESAMPLES
 from .features import split_features
 from .metrics import bleu_scores, coco_caption_scores
 from .significance import paired_bootstrap
@@ -96,7 +97,7 @@ def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 
 def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
                   opts: DecodeOptions, device: str | torch.device = "cpu", progress: bool = True,
-                  resamples: int = 1000, seed: int = 0, mirror_average: tuple[bool, bool] = (False, False)) -> dict:
+                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, mirror_average: tuple[bool, bool] = (False, False)) -> dict:
     """Two models' captions of the same photos, compared by the paired
     bootstrap (:func:`showtell.significance.paired_bootstrap`): BLEU-4,
     CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals.

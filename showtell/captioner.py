@@ -42,8 +42,7 @@ def default_options(checkpoint: dict[str, Any]) -> DecodeOptions:
     calibration = checkpoint.get("calibration") or {}
     stored = {k: calibration[k] for k in ("guidance_threshold", "guidance_fallback") if k in calibration}
     try:
-        return DecodeOptions(beam_size=3, n_best=1, max_len=20,
-                             **{"guidance_threshold": GUIDANCE_THRESHOLD, **stored})
+        return DecodeOptions(**{"guidance_threshold": GUIDANCE_THRESHOLD, **stored})  # beam, max_len: showtell.defaults
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"calibration: {e}") from None
 

@@ -24,6 +24,8 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from showtell.defaults import ENCODER_RUNTIMES  # noqa: E402 (imports nothing: --help stays fast)
+
 
 def _env(*names: str, default: str) -> str:
     for name in names:
@@ -49,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per request (env SHOWTELL_THREADS; default: CPU cores / concurrency)")
     p.add_argument("--encoder-runtime", default=os.environ.get("SHOWTELL_ENCODER_RUNTIME", "auto"),
-                   choices=("auto", "torch", "onnxruntime"),
+                   choices=ENCODER_RUNTIMES,
                    help="what runs the encoder (env SHOWTELL_ENCODER_RUNTIME; default auto: ONNX Runtime "
                         "on a CPU where installed, else PyTorch)")
     p.add_argument("--mirror-average", action="store_true",

@@ -19,6 +19,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint
 from .confidence import Confidence, caption_confidence, threshold_of
 from .decoding import DecodeOptions, Hypothesis, resolve_precision
+from .defaults import BEAM_SIZE, GUIDANCE_THRESHOLD
 from .encoders import EncoderOutput
 from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, _check_max_bytes, load_image
@@ -28,14 +29,6 @@ from .model import CaptionModel, Captions
 MAX_BATCH_SIZE = 4096  # photos decoded and captioned together (a batch holds their pixels: 600 KB each)
 CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "val_scores", "test_scores",
              "dataset_scores")
-# Guided captioning's default: a caption must name an ImageNet tag whose summed
-# probability is at least this. Measured with benchmarks/bench_guidance.py
-# (figures in docs/guided-captioning.md): on Flickr8k val no threshold from 0.3
-# to 0.9 raises CIDEr-D (the model already names the dogs and bikes it knows);
-# from 0.8 up it costs under 0.1 and the tag's word is in a reference caption of
-# 91% of the guided val photos. (0.7, picked first from val and coco-mini's
-# precision, cost Flickr8k test 0.51 CIDEr-D: over the 0.5 allowed.)
-GUIDANCE_THRESHOLD = 0.8
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
 
 
@@ -49,8 +42,7 @@ def default_options(checkpoint: dict[str, Any]) -> DecodeOptions:
     calibration = checkpoint.get("calibration") or {}
     stored = {k: calibration[k] for k in ("guidance_threshold", "guidance_fallback") if k in calibration}
     try:
-        return DecodeOptions(beam_size=3, n_best=1, max_len=20,
-                             **{"guidance_threshold": GUIDANCE_THRESHOLD, **stored})
+        return DecodeOptions(**{"guidance_threshold": GUIDANCE_THRESHOLD, **stored})  # beam, max_len: showtell.defaults
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"calibration: {e}") from None
 
@@ -324,7 +316,7 @@ def get_captioner(checkpoint: str | None = None, device: str | None = None) -> C
         return _loaded[key]
 
 
-def caption(images: Any, beam_size: int = 3, n_best: int = 1, *, checkpoint: str | None = None,
+def caption(images: Any, beam_size: int = BEAM_SIZE, n_best: int = 1, *, checkpoint: str | None = None,
             max_image_bytes: int | None = None, **options):
     """Caption a photo with the bundled model (or ``checkpoint``):
 

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .defaults import MAX_LEN
 from .metric_registry import METRICS
 
 
@@ -284,7 +285,7 @@ class TrainConfig:
     early_stop_patience: int = 4  # epochs without a better validation score
     select_metric: str = "cider"  # what picks best.pt and early stopping: "cider" (CIDEr-D) or "bleu4"
     val_max_images: int = 0  # 0 = the whole val split
-    max_decode_len: int = 20
+    max_decode_len: int = MAX_LEN  # validation decodes as caption() does
     seed: int = 0
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of epoch only
     amp: bool = True  # mixed precision, used only on CUDA

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from .defaults import BEAM_SIZE, LENGTH_PENALTY, MAX_LEN
+
 NEG_INF = float("-inf")
 
 # Upper bounds of the decoding options (issue 22): beam_size=100000 allocated
@@ -40,14 +42,12 @@ GUIDANCE_FALLBACK = 0.5
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    beam_size: int = 3
+    beam_size: int = BEAM_SIZE
     n_best: int = 1
-    max_len: int = 20  # words, not counting <end>
+    max_len: int = MAX_LEN  # words, not counting <end>
     min_len: int = 1  # words before <end> may be chosen
-    # Rank by logprob / length ** length_penalty. 1.0 (the mean per-word logprob)
-    # was chosen on Flickr8k val over 0, 0.4 and 0.7 (CIDEr-D 46.1 -> 47.5) and
-    # raises every metric on test and on coco-mini (README, Results); 0 = the plain sum.
-    length_penalty: float = 1.0
+    # Rank by logprob / length ** length_penalty (showtell.defaults says why 1.0); 0 = the plain sum.
+    length_penalty: float = LENGTH_PENALTY
     block_repeat_trigrams: bool = True
     block_repeat_words: bool = True  # never the same word twice in a row
     ban_unk: bool = True  # an <unk> caption is never preferred

@@ -16,10 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoint, save_checkpoint
 from .datasets import ImageCaptions
 from .decoding import DecodeOptions
+from .defaults import BOOTSTRAP_RESAMPLES
 from .features import split_features
 from .metrics import bleu_scores, coco_caption_scores
+from .model import CaptionModel
 from .significance import paired_bootstrap
 from .text import tokenize
 
@@ -81,6 +84,33 @@ def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, s
     return scores
 
 
+def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequence[ImageCaptions], split: str,
+                        opts: DecodeOptions, cache, *, model: CaptionModel | None = None, store: bool = False,
+                        device: str | torch.device = "cpu", progress: bool = True, captions_out: str | None = None,
+                        examples: int = 0, mirror_average: bool = False) -> dict:
+    """Score the checkpoint ``ckpt`` (read from ``path``) on ``items``, the
+    ``split`` of ``dataset``: :func:`evaluate_split`'s scores of its captions,
+    decoded with ``opts``. ``model``: what captions instead of ``ckpt``'s own
+    model (an ensemble led by it). ``store``: also record the scores in the
+    checkpoint file, under the dataset's name (and as the model's own
+    SPLIT_scores when it is the first dataset the model was trained on, where
+    the web page's model card reads them). What ``showtell evaluate`` and
+    ``train.py --test`` do once their flags are checked."""
+    if model is None:
+        model = CaptionModel.from_checkpoint(ckpt, device=device)
+    scores = evaluate_split(model, dataset, items, cache, split, opts, device=device, progress=progress,
+                            captions_out=captions_out, examples=examples, mirror_average=mirror_average)
+    if store:
+        # Scores of the model's own (first) dataset are its SPLIT_scores; every dataset's
+        # are kept by name too (a model trained on Flickr8k and COCO is scored on both).
+        own = dataset == ckpt.data_config.names()[0]
+        save_checkpoint(ckpt.with_scores(split, {
+            "beam_size": opts.beam_size, "guidance_threshold": opts.guidance_threshold,
+            "length_penalty": opts.length_penalty,
+            **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}, dataset=dataset, own=own), path)
+    return scores
+
+
 def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
                    mirror_average: bool = False) -> tuple[Sequence[ImageCaptions], list[list[str]]]:
@@ -96,7 +126,7 @@ def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 
 def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
                   opts: DecodeOptions, device: str | torch.device = "cpu", progress: bool = True,
-                  resamples: int = 1000, seed: int = 0, mirror_average: tuple[bool, bool] = (False, False)) -> dict:
+                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, mirror_average: tuple[bool, bool] = (False, False)) -> dict:
     """Two models' captions of the same photos, compared by the paired
     bootstrap (:func:`showtell.significance.paired_bootstrap`): BLEU-4,
     CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals.

@@ -27,9 +27,10 @@ import weakref
 
 import torch
 
+from .defaults import ENCODER_RUNTIMES
 from .encoders import EncoderOutput, ImageEncoder
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ENCODER_RUNTIMES
 # Photos per call: ONNX Runtime on 2 cores was fastest at 16 (a cache build of 1,500
 # Flickr8k photos: 50 photos/s at 4, 62 at 16; benchmarks/bench_features.py --batch-size N).
 ONNX_CPU_BATCH = 16

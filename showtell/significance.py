@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .defaults import BOOTSTRAP_RESAMPLES
 from .metric_registry import METRICS
 from .metrics import Tokens, _check_pairs
 
@@ -95,7 +96,7 @@ def resampled_scores(weights: np.ndarray, bleu_stats: np.ndarray, per_image: dic
     return out
 
 
-def paired_bootstrap(references: Sequence[Sequence[Tokens]], a: dict, b: dict, resamples: int = 1000,
+def paired_bootstrap(references: Sequence[Sequence[Tokens]], a: dict, b: dict, resamples: int = BOOTSTRAP_RESAMPLES,
                      seed: int = 0, level: float = 0.95) -> dict:
     """Paired bootstrap of two models' captions of the same photos.
 

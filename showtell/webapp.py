@@ -50,12 +50,13 @@ from starlette.middleware import Middleware  # noqa: E402
 from gradio.route_utils import FnIndexInferError  # noqa: E402
 
 from .captioner import Captioner, Description, Explanation  # noqa: E402
+from .defaults import BEAM_SIZE  # noqa: E402
 from .images import MAX_IMAGE_PIXELS, ImageError, load_image  # noqa: E402
 from .overlay import attention_overlay, fit_within  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
-DEFAULT_BEAM = 3
+DEFAULT_BEAM = BEAM_SIZE
 DEFAULT_CAPTIONS = 3
 MAX_BEAM = 10
 MAX_CAPTIONS = 5

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from showtell.checkpoint import load_checkpoint
-from showtell.cli import get_train_parser, _config_from_args
+from showtell.cli import get_train_parser
+from showtell.cli.config_flags import config_from_args as _config_from_args
 from showtell.config import DataConfig, DatasetSpec, ModelConfig, TrainConfig, parse_dataset_spec
 from showtell.datasets import DatasetError, ImageCaptions, resolve_sources
 from showtell.features import ConcatRows

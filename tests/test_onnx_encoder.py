@@ -119,7 +119,7 @@ def test_command_lines_offer_every_runtime():
     import argparse
 
     import app
-    from showtell.cli import _fill_caption_parser
+    from showtell.cli.caption import fill_parser as _fill_caption_parser
 
     (action,) = [a for a in _fill_caption_parser(argparse.ArgumentParser())._actions if a.dest == "encoder_runtime"]
     assert tuple(action.choices) == onnx_encoder.RUNTIMES

@@ -80,7 +80,7 @@ def test_wheel_holds_the_bundled_model_the_command_and_the_dependencies(wheel):
         names = set(z.namelist())
         info = z.getinfo("showtell/models/showtell-flickr8k.pt")
         assert info.file_size == os.path.getsize(os.path.join(ROOT, MODEL))
-        assert {"showtell/__init__.py", "showtell/__main__.py", "showtell/cli.py"} <= names
+        assert {"showtell/__init__.py", "showtell/__main__.py", "showtell/cli/__init__.py"} <= names
         assert not any(n.startswith(("tests/", "benchmarks/", "examples/")) for n in names)
         dist = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = z.read(f"{dist}/entry_points.txt").decode()

@@ -10,7 +10,8 @@ import time
 import torch
 
 from showtell.checkpoint import load_checkpoint
-from showtell.cli import get_train_parser, _config_from_args
+from showtell.cli import get_train_parser
+from showtell.cli.config_flags import config_from_args as _config_from_args
 from showtell.config import DataConfig, ModelConfig, TrainConfig
 from showtell.datasets import read_flickr8k
 from showtell.training import train

@@ -32,14 +32,17 @@ CARD_KEYS = ("model_config", "data_config", "train_config", "encoder_weights", "
 BUNDLED_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "showtell-flickr8k.pt")
 
 
-def default_options(checkpoint: dict[str, Any]) -> DecodeOptions:
-    """caption()'s decoding options for a model (a checkpoint dict): beam 3, the
-    best caption, at most 20 words, guided; the guidance threshold and
-    fallback chosen on val splits for this model where its ``calibration``
-    holds them (``benchmarks/bench_guidance.py --store``), else
-    :data:`GUIDANCE_THRESHOLD` and DecodeOptions' fallback. evaluate reads the
-    same options, so its figures are what caption() gives."""
-    calibration = checkpoint.get("calibration") or {}
+def default_options(checkpoint: Any) -> DecodeOptions:
+    """caption()'s decoding options for a model (a checkpoint dict or
+    :class:`~showtell.checkpoint.Checkpoint` record): beam 3, the best caption,
+    at most 20 words, guided; the guidance threshold and fallback chosen on
+    val splits for this model where its ``calibration`` holds them
+    (``benchmarks/bench_guidance.py --store``), else
+    :data:`~showtell.defaults.GUIDANCE_THRESHOLD` and
+    :data:`~showtell.defaults.GUIDANCE_FALLBACK`. evaluate, compare and
+    ``train --test`` read the same options, so their figures are what caption() gives."""
+    calibration = (checkpoint.get("calibration") if isinstance(checkpoint, dict)
+                   else getattr(checkpoint, "calibration", None)) or {}
     stored = {k: calibration[k] for k in ("guidance_threshold", "guidance_fallback") if k in calibration}
     try:
         return DecodeOptions(**{"guidance_threshold": GUIDANCE_THRESHOLD, **stored})  # beam, max_len: showtell.defaults
@@ -73,6 +76,9 @@ class ScoredCaption(NamedTuple):
     # How sure the model is of this caption (showtell.confidence): .sure, .label
     # ("fairly sure" / "not sure"), .value and the model's .threshold.
     confidence: Confidence | None = None
+    # Guided, but the guided caption fell too far below the unguided one
+    # (guidance_fallback): this is the unguided caption, and ``required`` is ().
+    set_aside: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,7 @@ class Captioner:
         words = tuple(tuple(self.vocab.words[w] for w in c) for c in found.constraints)
         text = " ".join(self.vocab.decode(h.tokens))
         return ScoredCaption(text, h.logprob, h.score, tuple(found.tags), words, found.meets(h),
-                             caption_confidence(text, h.logprob, self.confidence_threshold))
+                             caption_confidence(text, h.logprob, self.confidence_threshold), found.set_aside)
 
     def _caption(self, enc: EncoderOutput, opts: DecodeOptions, attention: bool = False) -> list[Captions]:
         return self.model.caption(enc.for_decoder(self.model.feature_kind), opts, enc.pooled, attention=attention,

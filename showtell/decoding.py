@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from .defaults import BEAM_SIZE, LENGTH_PENALTY, MAX_LEN
+from .defaults import BEAM_SIZE, GUIDANCE_FALLBACK, LENGTH_PENALTY, MAX_LEN
 
 NEG_INF = float("-inf")
 
@@ -30,14 +30,6 @@ MAX_DECODE_LEN = 200  # words
 # Scores are logprob / length ** length_penalty: beyond this the ranking no
 # longer changes, and +-1e308 overflowed into OverflowError or an empty list.
 MAX_LENGTH_PENALTY = 10.0
-# DecodeOptions.guidance_fallback's default: how far (mean log-probability per
-# word) a guided caption may fall below the unguided one before the unguided one
-# is given instead. Chosen with the guidance threshold on the val splits of
-# Flickr8k and coco-2733 (python benchmarks/bench_guidance.py; docs/guided-captioning.md):
-# at threshold 0.5 it keeps the guided captions whose tag a reference uses
-# (precision 79 -> 86 % on Flickr8k val, 64 -> 75 % on coco-2733 val) and sets
-# aside those that force a word the photo does not hold.
-GUIDANCE_FALLBACK = 0.5
 
 
 @dataclass(frozen=True)

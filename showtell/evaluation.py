@@ -106,6 +106,7 @@ def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequen
         own = dataset == ckpt.data_config.names()[0]
         save_checkpoint(ckpt.with_scores(split, {
             "beam_size": opts.beam_size, "guidance_threshold": opts.guidance_threshold,
+            **({"guidance_fallback": opts.guidance_fallback} if opts.guidance_threshold is not None else {}),
             "length_penalty": opts.length_penalty,
             **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}, dataset=dataset, own=own), path)
     return scores
@@ -125,16 +126,19 @@ def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 
 
 def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
-                  opts: DecodeOptions, device: str | torch.device = "cpu", progress: bool = True,
+                  opts: DecodeOptions | tuple[DecodeOptions, DecodeOptions], device: str | torch.device = "cpu",
+                  progress: bool = True,
                   resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, mirror_average: tuple[bool, bool] = (False, False)) -> dict:
     """Two models' captions of the same photos, compared by the paired
     bootstrap (:func:`showtell.significance.paired_bootstrap`): BLEU-4,
     CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals.
     ``mirror_average``: whether A's and B's features are averaged with the
-    mirror image's (A and B may then be the same model)."""
-    (items_a, a), (items_b, b) = (split_captions(m, dataset, items, cache, split, opts, device=device,
+    mirror image's (A and B may then be the same model). ``opts``: both
+    models' decoding options, or a pair (A's, B's: each its own calibrated guidance)."""
+    pair = opts if isinstance(opts, tuple) else (opts, opts)
+    (items_a, a), (items_b, b) = (split_captions(m, dataset, items, cache, split, o, device=device,
                                                  progress=progress, mirror_average=mirror)
-                                  for m, mirror in zip((model_a, model_b), mirror_average))
+                                  for m, o, mirror in zip((model_a, model_b), pair, mirror_average))
     if [it.image_id for it in items_a] != [it.image_id for it in items_b]:
         raise ValueError("the two models' encoders could read different photos of the split: "
                          "a paired comparison needs the same photos")

@@ -187,6 +187,7 @@ def caption_image(captioner: Captioner, image: Any, beam_size: Any = DEFAULT_BEA
          "confidence": {"signal", "value", "threshold", "sure", "label"},
          "tags": [{"words", "prob", "classes"}, ...],  # what the encoder's ImageNet head sees
          "required": [[words], ...],  # the tags the caption had to name (guided captioning), or []
+         "set_aside": bool,  # a tag was confident, but the caption it forced was set aside for the unguided one
          "seconds": time spent on this request}
 
     ``score`` is what the captions were ranked by: the log-probability per
@@ -228,6 +229,7 @@ def _described(captioner: Captioner, image: Any, beam_size: Any, num_captions: A
            "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
                     for t in caps[0].tags],
            "required": [list(words) for words in caps[0].required],
+           "set_aside": caps[0].set_aside,
            "seconds": round(time.perf_counter() - t0, 3)}
     return out, found
 
@@ -285,7 +287,7 @@ def page_outputs(captioner: Captioner, image: Any, beam_size: Any, num_captions:
               f"{int(beam_size)}; drawing the maps {seconds - out['seconds']:.2f} s)")
     return {**PAGE_OUTPUTS, "best": out["caption"], "confidence": _confidence_html(out["confidence"]),
             "nbest": _nbest_html(out["captions"]), "attention": gallery, "timing": timing,
-            "tags": _tags_markdown(out["tags"], out["required"], out["caption"])}
+            "tags": _tags_markdown(out["tags"], out["required"], out["caption"], out["set_aside"])}
 
 
 # How the model card names each stored score, and its unit. Every metric is x100,
@@ -297,7 +299,7 @@ SCORE_LABELS = {"bleu1": ("BLEU-1", ""), "bleu2": ("BLEU-2", ""), "bleu3": ("BLE
 SPLIT_PHOTOS = {"flickr8k": {"train": 6000, "val": 1000, "test": 1000},
                 "coco-2733": {"train": 2233, "val": 250, "test": 250}}
 DATASET_NAMES = {"flickr8k": "Flickr8k"}  # how the card writes a dataset's name
-_DECODING_KEYS = ("beam_size", "guidance_threshold", "length_penalty", "images", "notes")
+_DECODING_KEYS = ("beam_size", "guidance_threshold", "guidance_fallback", "length_penalty", "images", "notes")
 
 
 def _scores_text(scores: dict) -> str:
@@ -319,7 +321,9 @@ def _decoding_text(scores: dict) -> str:
         parts.append("greedy" if scores["beam_size"] == 1 else f"beam {scores['beam_size']}")
     if "guidance_threshold" in scores:
         g = scores["guidance_threshold"]
-        parts.append("unguided" if g is None else f"guided at {g:g}")
+        fallback = scores.get("guidance_fallback")
+        parts.append("unguided" if g is None else f"guided at {g:g}" +
+                     (f" (set aside {fallback:g} a word below unguided)" if fallback is not None else ""))
     if "length_penalty" in scores:
         parts.append(f"length penalty {scores['length_penalty']:g}")
     return ", ".join(parts)
@@ -428,7 +432,8 @@ def _nbest_html(rows: list[dict]) -> str:
             f'</tr></thead><tbody>{body}</tbody></table>')
 
 
-def _tags_markdown(tags: Sequence[dict], required: Sequence[Sequence[str]], caption: str = "") -> str:
+def _tags_markdown(tags: Sequence[dict], required: Sequence[Sequence[str]], caption: str = "",
+                   set_aside: bool = False) -> str:
     """What the encoder recognised, and which of it the caption had to name. A
     tag whose words the caption does not use is marked so: the page never shows
     "dog 77 %" over a caption about two people without saying the two disagree."""
@@ -443,6 +448,9 @@ def _tags_markdown(tags: Sequence[dict], required: Sequence[Sequence[str]], capt
         return f"**The encoder sees:** {seen}. The caption had to name " + \
             " and ".join("/".join(w[:2]) for w in required) + \
             ("." if named else ", but no caption of this model could: it is the best unguided one.")
+    if set_aside:
+        return (f"**The encoder sees:** {seen}. A caption made to name {'/'.join(tags[0]['words'][:2])} "
+                "was far less likely than this one, so this one is shown.")
     return f"**The encoder sees:** {seen} (not sure enough to guide the caption)."
 
 

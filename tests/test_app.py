@@ -1,6 +1,7 @@
 """The web UI (showtell/webapp.py, app.py): the caption handler as a plain
 function, then the real server on a free loopback port called through
 gradio_client, with good and bad uploads."""
+import dataclasses
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -479,3 +480,24 @@ def test_the_page_says_when_the_caption_does_not_name_what_the_encoder_sees():
     unmet = _tags_markdown([dog], [["dog", "dogs"]], "two people sit")
     assert "no caption of this model could" in unmet
     assert unmet.endswith("unguided one.") and "could" not in _tags_markdown([dog], [["dog", "dogs"]], "a dog runs")
+    # Guided, but the forced caption was set aside: said so, not "not sure enough".
+    aside = _tags_markdown([dog, bed], [], "two people are sitting on a bed", set_aside=True)
+    assert "dog/dogs 77% (not in the caption)" in aside and "made to name dog/dogs was far less likely" in aside
+    assert "not sure enough" not in aside and "not sure enough" in text
+
+
+def test_page_outputs_report_a_set_aside_guided_caption(monkeypatch):
+    """The API's result carries set_aside, and the page's tag line follows it,
+    for a photo whose guided caption the fallback set aside."""
+    from showtell.captioner import get_captioner
+    from showtell.webapp import caption_image, page_outputs
+
+    captioner = get_captioner()
+    cat = os.path.join(ROOT, "examples", "cat.jpg")
+    assert caption_image(captioner, cat)["set_aside"] is False  # the cat caption names the cat
+    # With a margin of 0 any guided caption less probable per word than the unguided one is set aside.
+    monkeypatch.setattr(captioner, "defaults", dataclasses.replace(captioner.defaults, guidance_fallback=0.0))
+    out = caption_image(captioner, cat)
+    page = page_outputs(captioner, cat, 3, 1)
+    assert out["set_aside"] is True and out["required"] == [] and "cat" not in out["caption"].split()
+    assert "made to name cat/cats was far less likely" in page["tags"]

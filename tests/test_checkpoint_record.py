@@ -11,6 +11,7 @@ from showtell.checkpoint import (FORMAT_VERSION, Checkpoint, CheckpointError, co
                                  load_resumable, read_checkpoint, save_checkpoint)
 from showtell.cli import main
 from showtell.config import DECODER_CONFIGS, DataConfig, ModelConfig, TrainConfig
+from showtell.defaults import GUIDANCE_FALLBACK, GUIDANCE_THRESHOLD
 from showtell.decoders import DECODERS
 from showtell.guidance import GuidanceMap
 from showtell.model import CaptionModel
@@ -204,7 +205,8 @@ def test_evaluate_store_records_the_split_scores_in_the_checkpoint(tmp_path, mon
     assert main(["evaluate", path, "--split", "test", "--store", "--no-progress", "--beam-size", "2"]) == 0
     back = read_checkpoint(path)
     assert back.scores == {"val": {"bleu4": 5.0},
-                           "test": {"beam_size": 2, "guidance_threshold": 0.8, "length_penalty": 1.0,
+                           "test": {"beam_size": 2, "guidance_threshold": GUIDANCE_THRESHOLD,
+                                    "guidance_fallback": GUIDANCE_FALLBACK, "length_penalty": 1.0,
                                     "bleu4": 9.5, "cider": 20.0, "images": 2}}
     for k, v in model.decoder.state_dict().items():
         assert torch.equal(back.decoder[k], v), k

@@ -2,12 +2,16 @@
 ``showtell`` subcommand, and ``train --test`` scoring best.pt through the
 same package function as ``showtell evaluate`` (no argv built between
 commands), with the same figures."""
+import dataclasses
 import json
 import pkgutil
 
 from showtell import cli, evaluation, metrics
-from showtell.checkpoint import read_checkpoint
+from showtell.captioner import Captioner
+from showtell.checkpoint import read_checkpoint, save_checkpoint
+from showtell.defaults import GUIDANCE_FALLBACK, GUIDANCE_THRESHOLD
 from showtell.cli import COMMANDS, get_parser, main, train_main
+from showtell.cli.common import USAGE
 
 from synthetic import make_karpathy_set
 
@@ -81,3 +85,23 @@ def test_train_test_scores_each_dataset_through_evaluate_checkpoint_as_evaluate_
     calls.clear()
     assert main(["evaluate", best, "--data", f"b={b}", "--device", "cpu", "--no-progress"]) == 0
     assert _evaluation_lines(capsys.readouterr().out) == [lines[1]] and calls == [("b", False)]
+
+    # evaluate and compare decode as caption() does with each model: guided by
+    # the threshold and fallback stored in its calibration; flags override them.
+    calibrated = str(tmp_path / "calibrated.pt")
+    save_checkpoint(dataclasses.replace(stored, calibration={"guidance_threshold": 0.05, "guidance_fallback": 1.5}),
+                    calibrated)
+    assert Captioner(calibrated, device="cpu").defaults.guidance_threshold == 0.05
+    for argv, expected in (([], (0.05, 1.5)), (["--guidance-fallback", "none"], (0.05, None)),
+                           (["--guidance-threshold", "0.9", "--guidance-fallback", "0.25"], (0.9, 0.25))):
+        assert main(["evaluate", calibrated, "--data", f"b={b}", "--device", "cpu", "--no-progress", *argv]) == 0
+        (line,) = _evaluation_lines(capsys.readouterr().out)
+        assert (line["guidance_threshold"], line["guidance_fallback"]) == expected
+    assert main(["compare", best, calibrated, "--data", f"b={b}", "--device", "cpu", "--no-progress",
+                 "--resamples", "10"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["guidance_threshold"] == [GUIDANCE_THRESHOLD, 0.05] and line["guidance_fallback"] == [GUIDANCE_FALLBACK, 1.5]
+    assert main(["evaluate", calibrated, "--guidance-fallback", "lots"]) == USAGE
+    assert "--guidance-fallback: expected a number" in capsys.readouterr().err
+    assert main(["evaluate", calibrated, "--guidance-fallback", "-1"]) == USAGE
+    assert "--guidance-fallback must be a finite number >= 0" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from ..defaults import BEAM_SIZE, GUIDANCE_THRESHOLD, MAX_LEN
+from ..defaults import BEAM_SIZE, GUIDANCE_FALLBACK, GUIDANCE_THRESHOLD, MAX_LEN
 from .common import (DEVICE_HELP, FAILED, OK, USAGE, UsageError, add_encoder_runtime, add_guidance_flags,
                      add_length_penalty, check_checkpoint_file, check_device, decode_options, guidance_option,
                      length_penalty_option, positive, printable)
@@ -43,7 +43,10 @@ def fill_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "with the photo's ImageNet tags and the words that guided its caption")
     add_guidance_flags(p, plain="plain captions: do not make them name what the encoder's ImageNet classifier sees",
                        guided="a caption must name an ImageNet tag at least this probable, 0 < P <= 1 "
-                              f"(default {GUIDANCE_THRESHOLD})")
+                              f"(default: the model's own; {GUIDANCE_THRESHOLD} for a model without one)",
+                       fallback="a guided caption whose log-probability per word falls more than F below the "
+                                "unguided one's is set aside for it; 'none' keeps every guided caption "
+                                f"(default: the model's own; {GUIDANCE_FALLBACK} for a model without one)")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     add_encoder_runtime(p)
     p.add_argument("--mirror-average", action="store_true",
@@ -82,7 +85,8 @@ def caption_json(path: str, captions) -> dict:
     first = captions[0]
     return {"image": path,
             "captions": [{"caption": c.text, "score": round(c.score, 4), "logprob": round(c.logprob, 4),
-                          "sure": c.confidence.sure, "satisfied": c.satisfied} for c in captions],
+                          "sure": c.confidence.sure, "satisfied": c.satisfied,
+                          "set_aside": c.set_aside} for c in captions],
             "confidence": first.confidence.as_dict(),
             "tags": [{"words": list(t.words), "prob": round(t.prob, 4), "classes": list(t.classes)}
                      for t in first.tags],

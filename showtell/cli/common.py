@@ -253,20 +253,37 @@ def length_penalty_option(args: argparse.Namespace) -> dict:
     return {} if args.length_penalty is None else {"length_penalty": args.length_penalty}
 
 
-def add_guidance_flags(p: argparse.ArgumentParser, plain: str, guided: str) -> None:
-    """--no-guidance (help ``plain``) or --guidance-threshold P (help ``guided``)."""
+def add_guidance_flags(p: argparse.ArgumentParser, plain: str, guided: str, fallback: str) -> None:
+    """--no-guidance (help ``plain``) or --guidance-threshold P (help ``guided``),
+    and --guidance-fallback F (help ``fallback``)."""
     guidance = p.add_mutually_exclusive_group()
     guidance.add_argument("--no-guidance", action="store_true", help=plain)
     guidance.add_argument("--guidance-threshold", type=float, default=None, metavar="P", help=guided)
+    p.add_argument("--guidance-fallback", type=_fallback, default=None, metavar="F", help=fallback)
+
+
+def _fallback(text: str):
+    """--guidance-fallback's value: a number, or 'none' (kept as the string; guidance_option makes it None)."""
+    if text.strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (log-probability per word) or 'none', got {text!r}") from None
 
 
 def guidance_option(args: argparse.Namespace) -> dict:
-    """The guidance_threshold that --no-guidance / --guidance-threshold ask for ({} = the default)."""
+    """The guidance_threshold and guidance_fallback that --no-guidance /
+    --guidance-threshold / --guidance-fallback ask for ({} = the model's defaults)."""
+    out = {}
     if args.no_guidance:
-        return {"guidance_threshold": None}
-    if args.guidance_threshold is not None:
-        return {"guidance_threshold": args.guidance_threshold}
-    return {}
+        out["guidance_threshold"] = None
+    elif args.guidance_threshold is not None:
+        out["guidance_threshold"] = args.guidance_threshold
+    fallback = getattr(args, "guidance_fallback", None)
+    if fallback is not None:
+        out["guidance_fallback"] = None if fallback == "none" else fallback
+    return out
 
 
 def decode_options(**options):

@@ -37,7 +37,7 @@ def get_parser(prog: str = "python -m showtell compare") -> argparse.ArgumentPar
 
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
-    opts = scoring_options(args)
+    scoring_options(args, None)  # a bad flag is a usage error before any model loads
     check_checkpoint_file(args.checkpoint)
     check_checkpoint_file(args.other)
 
@@ -46,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from ..features import FeatureCache
     from ..model import CaptionModel
 
-    ckpt = read_checkpoint(args.checkpoint)
+    ckpt, other = read_checkpoint(args.checkpoint), read_checkpoint(args.other)
+    # Each model captions as caption() would with it: its own calibrated guidance.
+    opts = (scoring_options(args, ckpt), scoring_options(args, other))
     dataset, items = scoring_items(ckpt, args.checkpoint, args.split, args.data, data_overrides(args))
-    models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(args.other, device=device)]
+    models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(other, device=device)]
     result = compare_split(*models, dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                            device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed,
                            mirror_average=(args.mirror_average in ("a", "both"), args.mirror_average in ("b", "both")))
@@ -64,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{metric_label(name):8s} {m['a']:6.2f} [{a_lo:6.2f}, {a_hi:6.2f}] {m['b']:6.2f} [{b_lo:6.2f}, {b_hi:6.2f}] "
               f"{m['difference']:+6.2f} [{d_lo:+6.2f}, {d_hi:+6.2f}] {100 * m['b_not_ahead']:17.1f}%")
     print(json.dumps({"a": args.checkpoint, "b": args.other, "dataset": dataset, "split": args.split,
-                      "beam_size": args.beam_size, "guidance_threshold": opts.guidance_threshold,
-                      "length_penalty": opts.length_penalty, "seed": args.seed,
+                      "beam_size": args.beam_size,
+                      "guidance_threshold": [o.guidance_threshold for o in opts],
+                      "guidance_fallback": [o.guidance_fallback for o in opts],
+                      "length_penalty": opts[0].length_penalty, "seed": args.seed,
                       **({"mirror_average": args.mirror_average} if args.mirror_average else {}), **result}))
     return OK

@@ -38,7 +38,7 @@ def get_parser(prog: str = "python -m showtell evaluate") -> argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
-    opts = scoring_options(args)
+    scoring_options(args, None)  # a bad flag is a usage error before any model loads
     if args.store and (args.ensemble or args.length_penalty is not None or args.mirror_average):
         raise UsageError("--store records the checkpoint's own scores at the default decoding: "
                          "leave out --ensemble, --length-penalty and --mirror-average")
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import CaptionModel
 
     ckpt = read_checkpoint(args.checkpoint)
+    opts = scoring_options(args, ckpt)  # guided by the model's own calibrated settings, as caption() is
     name, items = scoring_items(ckpt, args.checkpoint, args.split, args.data, data_overrides(args))
     model = CaptionModel.from_checkpoint(ckpt, device=device)
     if args.ensemble:

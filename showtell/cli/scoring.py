@@ -8,7 +8,7 @@ import dataclasses
 
 from ..config import DataConfig
 from ..datasets import DatasetError, has_split, load_split
-from ..defaults import BEAM_SIZE, GUIDANCE_THRESHOLD, MAX_LEN
+from ..defaults import BEAM_SIZE, GUIDANCE_FALLBACK, GUIDANCE_THRESHOLD, MAX_LEN
 from .common import (CACHE_HELP, DEVICE_HELP, UsageError, add_guidance_flags, add_length_penalty,
                      coco_splits_message, dataset_sources, decode_options, guidance_option, length_penalty_option)
 from .config_flags import FIELD_HELP
@@ -24,7 +24,11 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help=f"longest caption in words (default {MAX_LEN}, as caption())")
     add_guidance_flags(p, plain="plain captions (no ImageNet-guided words)",
                        guided="guided captions: each must name an ImageNet tag at least this probable "
-                              f"(default {GUIDANCE_THRESHOLD}, as caption())")
+                              f"(default: the model's own, as caption(); {GUIDANCE_THRESHOLD} for a model "
+                              "without one)",
+                       fallback="a guided caption whose log-probability per word falls more than this below "
+                                f"the unguided one's is set aside for it; 'none' keeps them all (default: the "
+                                f"model's own, as caption(); {GUIDANCE_FALLBACK} for a model without one)")
     p.add_argument("--dataset", default=None, choices=DataConfig.DATASETS,
                    help="score on another dataset than the one stored in the checkpoint (with its "
                         "--annotations/--image-root or --data-root), e.g. coco-mini's photos out of domain")
@@ -42,16 +46,20 @@ def add_scoring_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def caption_options(**flags):
-    """caption()'s decoding options (guided), with ``flags`` (beam_size=...)
-    applied: what a model is scored with, so the figures are what users get."""
-    return decode_options(**{"guidance_threshold": GUIDANCE_THRESHOLD, **flags})
+def caption_options(ckpt, **flags):
+    """caption()'s decoding options for the model of checkpoint record
+    ``ckpt`` (guided by its own calibrated threshold and fallback), with
+    ``flags`` (beam_size=...) applied: what a model is scored with, so the
+    figures are what users get."""
+    from ..captioner import default_options
+
+    return decode_options(**{**dataclasses.asdict(default_options(ckpt)), **flags})
 
 
-def scoring_options(args: argparse.Namespace):
-    """The decoding options evaluate and compare use: caption()'s, with the
-    decoding flags given."""
-    return caption_options(beam_size=args.beam_size, max_len=args.max_len, **guidance_option(args),
+def scoring_options(args: argparse.Namespace, ckpt):
+    """The decoding options evaluate and compare use for the model of
+    ``ckpt``: caption()'s, with the decoding flags given."""
+    return caption_options(ckpt, beam_size=args.beam_size, max_len=args.max_len, **guidance_option(args),
                            **length_penalty_option(args))
 
 
@@ -103,6 +111,7 @@ def evaluation_line(checkpoint: str, dataset: str, split: str, opts, scores: dic
     how it was decoded, and the scores (rounded to 2 decimals)."""
     return {"checkpoint": checkpoint, "dataset": dataset, "split": split, "beam_size": opts.beam_size,
             "guidance_threshold": opts.guidance_threshold,
+            **({"guidance_fallback": opts.guidance_fallback} if opts.guidance_threshold is not None else {}),
             **({"ensemble": list(ensemble)} if ensemble else {}),
             **({"mirror_average": True} if mirror_average else {}),
             "length_penalty": opts.length_penalty,

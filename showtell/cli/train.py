@@ -115,7 +115,7 @@ def score_test_splits(out: str, datasets: Sequence[str], device: str, cache_dir:
     check_checkpoint_file(best)
     ckpt = read_checkpoint(best)
     model = CaptionModel.from_checkpoint(ckpt, device=device)
-    opts = caption_options()
+    opts = caption_options(ckpt)
     for i, spec in enumerate(datasets or [None]):
         name = "" if spec is None else f"_{parse_dataset_spec(spec).name}"
         captions_out = os.path.join(out, f"test_captions{name}.json")

@@ -12,7 +12,8 @@ lives here so it can be tested without a server:
   keyed by the names of the page's outputs (:data:`PAGE_OUTPUTS`);
 * :func:`build_demo` builds the page around one loaded
   :class:`~showtell.captioner.Captioner` (the model is never loaded twice);
-* :func:`launch` starts it with the queue, upload and request-size limits set.
+* :func:`launch` starts it with the queue, upload and request-size limits and
+  the header timeout set.
 
 Uploads are decoded by :func:`showtell.images.load_image`, the same code path
 as ``caption()`` and training, so a bad upload gets the same clear message
@@ -53,7 +54,7 @@ from gradio.route_utils import FnIndexInferError  # noqa: E402
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 from .captioner import Captioner, Description, Explanation  # noqa: E402
-from .images import MAX_IMAGE_PIXELS, ImageError, load_image  # noqa: E402
+from .images import ACCEPTED, ImageError, load_image  # noqa: E402
 from .overlay import attention_overlay, fit_within  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -129,8 +130,6 @@ CSS = """
 #message:not(:has(.st-message)), #confidence:not(:has(.st-confidence)), #nbest:not(:has(table)) { display: none; }
 """
 
-ACCEPTED = (f"Please upload a JPEG, PNG, WebP, GIF or BMP photo of at most "
-            f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels.")
 NO_IMAGE = "Please upload a photo first (or click an example)."
 
 

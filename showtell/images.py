@@ -30,8 +30,6 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 # request under the 300 MB the web app budgets for it.
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-PIXELS_ADVICE = (f"Please upload a photo of at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels "
-                 f"(the model reads 224x224: a smaller copy captions the same).")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # The memory one decode may take, checked from the header before any pixel is
@@ -61,6 +59,9 @@ MAX_ASPECT_RATIO = 20
 # PSD, ...) are never run on user input. MPO (phone JPEGs holding several
 # pictures) is opened by the JPEG decoder.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# The formats offered for upload, as messages name them (TIFF is decoded too,
+# but browsers do not show it, so the page does not offer it).
+FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", "BMP": "BMP"}
 
 _ORIENTATION = 0x0112
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -69,8 +70,12 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 _STRIP_PIXELS = 2_000_000  # pixels converted at a time when shrinking a large photo
 
 
+def _or_list(names: list[str]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
+
 # What to do instead, when nothing more specific fits (a corrupt file, an unknown format).
-FORMAT_ADVICE = "Please upload a JPEG, PNG, WebP, GIF or BMP photo."
+FORMAT_ADVICE = f"Please upload a {_or_list(list(FORMAT_NAMES.values()))} photo."
 
 
 def decode_cost(size: tuple[int, int], mode: str, fmt: str | None) -> int:
@@ -78,6 +83,37 @@ def decode_cost(size: tuple[int, int], mode: str, fmt: str | None) -> int:
     in format ``fmt`` takes, by the rule of MAX_DECODE_BYTES."""
     per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
     return size[0] * size[1] * per_pixel * _DECODER_COPIES.get(fmt or "", 1)
+
+
+def pixel_limit(fmt: str) -> int:
+    """The most pixels a colour photo in format ``fmt`` may have: MAX_IMAGE_PIXELS,
+    or fewer where the format's decoder holds copies (WebP: 16,000,000)."""
+    return min(MAX_IMAGE_PIXELS, MAX_DECODE_BYTES // decode_cost((1, 1), "RGB", fmt))
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:g} megapixels"
+
+
+def accepted_text() -> str:
+    """The uploads accepted, each format with its pixel limit, from the numbers
+    the checks use: "Please upload a JPEG, PNG, GIF or BMP photo of at most 64
+    megapixels, or a WebP photo of at most 16 megapixels." """
+    by_limit: dict[int, list[str]] = {}
+    for fmt, name in FORMAT_NAMES.items():
+        by_limit.setdefault(pixel_limit(fmt), []).append(name)
+    return "Please upload a " + ", or a ".join(
+        f"{_or_list(names)} photo of at most {_megapixels(limit)}"
+        for limit, names in sorted(by_limit.items(), reverse=True)) + "."
+
+
+# The web page's advice for a file it cannot take, and the advice for a photo
+# over its format's budget; for a photo over MAX_IMAGE_PIXELS, PIXELS_ADVICE.
+ACCEPTED = accepted_text()
+_SMALLER = "".join(f"a {name} of at most {pixel_limit(fmt) / 1e6:g}; " for fmt, name in FORMAT_NAMES.items()
+                   if pixel_limit(fmt) < MAX_IMAGE_PIXELS)
+PIXELS_ADVICE = (f"Please upload a photo of at most {_megapixels(MAX_IMAGE_PIXELS)} "
+                 f"({_SMALLER}the model reads 224x224: a smaller copy captions the same).")
 
 
 class ImageError(ValueError):
@@ -134,7 +170,7 @@ def _check_decode_cost(img: Image.Image) -> None:
         limit = MAX_DECODE_BYTES * w * h // cost
         raise ImageError(f"the image is too large to decode within the memory budget ({w}x{h} {img.mode} "
                          f"{img.format}: about {cost / 1e6:,.0f} MB to decode, over {MAX_DECODE_BYTES / 1e6:,.0f} MB; "
-                         f"limit {limit:,} pixels for this format)")
+                         f"limit {limit:,} pixels for this format)", ACCEPTED)
 
 
 # JPEG start-of-frame markers by entropy coding (Huffman or arithmetic).

@@ -12,7 +12,8 @@ lives here so it can be tested without a server:
   keyed by the names of the page's outputs (:data:`PAGE_OUTPUTS`);
 * :func:`build_demo` builds the page around one loaded
   :class:`~showtell.captioner.Captioner` (the model is never loaded twice);
-* :func:`launch` starts it with the queue, upload and request-size limits set.
+* :func:`launch` starts it with the queue, upload and request-size limits and
+  the header timeout set.
 
 Uploads are decoded by :func:`showtell.images.load_image`, the same code path
 as ``caption()`` and training, so a bad upload gets the same clear message
@@ -44,14 +45,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
+import h11  # noqa: E402
 import pydantic  # noqa: E402
+import uvicorn.config  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from gradio.route_utils import FnIndexInferError  # noqa: E402
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
 
 from .captioner import Captioner, Description, Explanation  # noqa: E402
 from .defaults import BEAM_SIZE  # noqa: E402
-from .images import MAX_IMAGE_PIXELS, ImageError, load_image  # noqa: E402
+from .images import ACCEPTED, ImageError, load_image  # noqa: E402
 from .overlay import attention_overlay, fit_within  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -90,6 +94,14 @@ QUEUE_MAX_SIZE = 64  # waiting requests beyond this get "Queue is full"
 # caption 13 overlays, for good). Override with SHOWTELL_DELETE_AFTER.
 DELETE_AFTER = 300
 DELETE_EVERY = 60
+# A request's line and headers must arrive within this many seconds of the
+# server starting to wait for them (a new connection, or the end of the
+# previous response): a connection that sends nothing is closed, one that
+# sends part of a head (slowloris) gets 408 and is closed. uvicorn has no such
+# limit (500 idle sockets were held open for good); its keep-alive timeout
+# (5 s) only covers a connection idle after a response, until its first byte.
+# Override with SHOWTELL_HEADER_TIMEOUT.
+HEADER_TIMEOUT = 10.0
 # The n-best table: each caption with the score it is ranked by (the log-probability
 # per word, the page's length penalty being 1), the same number `showtell caption
 # --n-best` prints.
@@ -119,8 +131,6 @@ CSS = """
 #message:not(:has(.st-message)), #confidence:not(:has(.st-confidence)), #nbest:not(:has(table)) { display: none; }
 """
 
-ACCEPTED = (f"Please upload a JPEG, PNG, WebP, GIF or BMP photo of at most "
-            f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels.")
 NO_IMAGE = "Please upload a photo first (or click an example)."
 
 
@@ -663,16 +673,29 @@ def allowed_hosts(host: str) -> frozenset[str] | None:
     return frozenset(_LOOPBACK) if host in _LOOPBACK else None
 
 
+BOTH_LENGTHS = ("A request must not carry both Content-Length and Transfer-Encoding (a request smuggling "
+                "vector: a proxy and this server could read different bodies); send one of them")
+
+
 class _RequestChecks:
-    """ASGI middleware answering, before Gradio sees them: a ``Host`` header
-    that is not allowed (400) and a result stream for an event id the queue
-    does not know (404: the response was cut off mid-stream)."""
+    """ASGI middleware answering, before Gradio sees them: a request with both
+    ``Content-Length`` and ``Transfer-Encoding`` (400, and the connection is
+    closed: h11 would read the chunked body and ignore the length, a proxy in
+    front might do the opposite), a ``Host`` header that is not allowed (400)
+    and a result stream for an event id the queue does not know (404: the
+    response was cut off mid-stream)."""
 
     def __init__(self, app, hosts: frozenset[str] | None = None):
         self.app, self.hosts = app, hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
+            names = {name.lower() for name, _ in scope.get("headers") or ()}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                # Unread body bytes must never be taken for a next request: close.
+                await JSONResponse({"detail": BOTH_LENGTHS}, status_code=400,
+                                   headers={"connection": "close"})(scope, receive, send)
+                return
             problem = self._problem(scope)
             if problem is not None:
                 status, detail = problem
@@ -696,6 +719,83 @@ class _RequestChecks:
                 return 404, (f"No event {event_id[:100]!r}: POST /gradio_api/call/<endpoint> first, then GET the "
                              "event_id it returns")
         return None
+
+
+class _HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head. The timer
+    runs while the server waits for a request (h11's states: both IDLE), from
+    the connection or the end of the previous response, and stops when the
+    head is complete; at the deadline a connection that sent nothing of its
+    head is closed, one that sent part of it gets 408 Request Timeout first."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        blocks = getattr(config.app, "get_blocks", lambda: None)()
+        self.header_timeout = getattr(blocks, "_showtell_header_timeout", HEADER_TIMEOUT)
+        self._head_timer: Any = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._time_the_head()
+
+    def connection_lost(self, exc) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._time_the_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._time_the_head()
+
+    def _waiting_for_head(self) -> bool:
+        return self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE
+
+    def _time_the_head(self) -> None:
+        if self.transport.is_closing() or not self._waiting_for_head():
+            self._stop_head_timer()
+        elif self._head_timer is None:  # the deadline counts from when the wait began
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._waiting_for_head():
+            return
+        if self.conn.trailing_data[0]:  # part of a head came (h11 buffers it until the head is whole)
+            body = (f"The request's line and headers did not arrive within {self.header_timeout:g} seconds.\n"
+                    ).encode()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+
+_PROTOCOL_LOCK = threading.Lock()
+
+
+def _launch_with_header_timeout(demo: gr.Blocks, **kwargs):
+    """``demo.launch(**kwargs)`` serving HTTP with :class:`_HeaderTimeoutProtocol`.
+    Gradio builds uvicorn's Config itself and offers no way to pick its HTTP
+    protocol, and uvicorn loads the protocol named "auto" when the server
+    starts, which ``launch(prevent_thread_lock=True)`` waits for: so "auto"
+    names ours for the time of that call only."""
+    block = not kwargs.pop("prevent_thread_lock", False)
+    with _PROTOCOL_LOCK:
+        saved = uvicorn.config.HTTP_PROTOCOLS["auto"]
+        uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:{_HeaderTimeoutProtocol.__name__}"
+        try:
+            result = demo.launch(prevent_thread_lock=True, **kwargs)
+        finally:
+            uvicorn.config.HTTP_PROTOCOLS["auto"] = saved
+    if block and not bool(getattr(sys, "ps1", sys.flags.interactive)):  # as Gradio's launch would
+        demo.block_thread()
+    return result
 
 
 def body_limit(max_file_size: int) -> int:
@@ -741,12 +841,18 @@ def cap_log_lines(limit: int = LOG_LINE_CHARS) -> None:
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
-           max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE, **kwargs):
+           max_file_size: str | int | None = DEFAULT_MAX_FILE_SIZE, header_timeout: float | None = None, **kwargs):
     """Start the server (blocking unless ``prevent_thread_lock=True``), with
     uploads and data: URLs limited to ``max_file_size`` and every request body
     to :func:`body_limit` of it; uploads and overlays deleted DELETE_AFTER
-    seconds after they were written and at shutdown; requests checked by
-    :class:`_RequestChecks`."""
+    seconds after they were written and at shutdown; a request's head given
+    ``header_timeout`` seconds (default SHOWTELL_HEADER_TIMEOUT or
+    HEADER_TIMEOUT) to arrive; requests checked by :class:`_RequestChecks`."""
+    if header_timeout is None:
+        header_timeout = float(os.environ.get("SHOWTELL_HEADER_TIMEOUT") or HEADER_TIMEOUT)
+    if not (math.isfinite(header_timeout) and header_timeout > 0):
+        raise ValueError(f"header_timeout must be a positive number of seconds, got {header_timeout!r}")
+    demo._showtell_header_timeout = header_timeout  # read by _HeaderTimeoutProtocol
     size = parse_size(max_file_size)
     if hasattr(demo, "_showtell_limit"):
         demo._showtell_limit["bytes"] = size
@@ -769,8 +875,8 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860,
         every = min(DELETE_EVERY, max(1, age // 2))
         threading.Thread(target=_delete_on_schedule, args=(demo, every, age), daemon=True,
                          name="showtell-delete-old-files").start()
-    return demo.launch(server_name=host, server_port=port, max_file_size=size, css=CSS, app_kwargs=app_kwargs,
-                       **kwargs)
+    return _launch_with_header_timeout(demo, server_name=host, server_port=port, max_file_size=size, css=CSS,
+                                       app_kwargs=app_kwargs, **kwargs)
 
 
 def delete_old_files(demo: gr.Blocks, age: float) -> int:

@@ -11,6 +11,8 @@ import base64  # noqa: E402
 import concurrent.futures  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -30,6 +32,7 @@ from PIL import Image  # noqa: E402
 from showtell.captioner import Captioner, get_captioner  # noqa: E402
 from showtell.checkpoint import save_checkpoint  # noqa: E402
 from showtell.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from showtell.images import ImageError, load_image  # noqa: E402
 from showtell.model import CaptionModel  # noqa: E402
 from showtell.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 from showtell.webapp import (  # noqa: E402
@@ -178,6 +181,66 @@ def test_handler_names_the_problem_with_a_bad_file(captioner, bad_files, kind, e
     assert msg.startswith(expected), msg
     assert advice in msg  # the advice that fits the problem
     assert str(bad_files[kind].parent) not in msg  # no server-side paths
+
+
+def _claiming(fmt: str, width: int, height: int) -> bytes:
+    """A small real file in ``fmt`` whose header claims width x height pixels."""
+    if fmt == "PNG":
+        return _png_claiming_size(width, height)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 10)).save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    data = bytearray(buf.getvalue())
+    if fmt == "JPEG":  # the baseline frame header: height, width; then as long as the truncation check asks
+        struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, height, width)
+        return bytes(data) + bytes(width * height // 512 + 1)
+    if fmt == "GIF":  # the logical screen, then the frame
+        struct.pack_into("<HH", data, 6, width, height)
+        struct.pack_into("<HH", data, data.index(b"\x2c", 13) + 5, width, height)
+    elif fmt == "BMP":
+        struct.pack_into("<ii", data, 18, width, height)
+    elif fmt == "WEBP":  # VP8L: 14 bits each of width - 1 and height - 1
+        assert data[12:16] == b"VP8L"
+        bits = struct.unpack_from("<I", data, 21)[0] & ~((1 << 28) - 1)
+        struct.pack_into("<I", data, 21, bits | (width - 1) | (height - 1) << 14)
+    return bytes(data)
+
+
+def test_the_accepted_files_message_names_each_formats_limit_as_enforced(captioner, monkeypatch):
+    """The page's advice (it said 64 megapixels for every format while a WebP
+    is refused over 16) names each format offered with the limit load_image
+    enforces: a photo of that many pixels passes every check made before
+    decoding, one row more is refused with that limit in the message."""
+    from showtell import images
+    from showtell.webapp import ACCEPTED
+
+    stated = {}
+    for names, megapixels in re.findall(r"an? ([\w ,]+?) photo of at most ([\d.]+) megapixels", ACCEPTED):
+        stated.update({name: round(float(megapixels) * 1e6) for name in re.split(r", | or ", names)})
+    assert stated == {"JPEG": 64_000_000, "PNG": 64_000_000, "GIF": 64_000_000, "BMP": 64_000_000,
+                      "WebP": 16_000_000}, ACCEPTED
+
+    class Admitted(Exception):
+        """Raised once every check before decoding has passed."""
+
+    checked = images._check_decode_cost  # the last check before img.load()
+
+    def then_stop(img):
+        checked(img)
+        raise Admitted
+
+    monkeypatch.setattr(images, "_check_decode_cost", then_stop)
+    for fmt, name in images.FORMAT_NAMES.items():
+        limit = stated[name]
+        width = math.isqrt(limit)
+        height = limit // width  # 8000 x 8000, 4000 x 4000
+        with pytest.raises(ImageError, match="Admitted"):
+            load_image(_claiming(fmt, width, height))
+        with pytest.raises(ImageError, match=rf"too large .*limit {limit:,} pixels") as refused:
+            load_image(_claiming(fmt, width, height + 1))
+        assert f"{limit / 1e6:g}" in refused.value.advice, (fmt, refused.value.advice)
+    with pytest.raises(gr.Error) as shown:  # and the page says so
+        caption_image(captioner, _claiming("WEBP", 4000, 4001))
+    assert shown.value.message.endswith(ACCEPTED) and "limit 16,000,000 pixels" in shown.value.message
 
 
 def test_attention_gallery_has_one_overlay_per_word(captioner):

@@ -269,7 +269,7 @@ def _evaluate(flags: list[str]) -> dict:
 
 
 # (photos, decoding, evaluate's flags): the README's scores table
-DEFAULT_DECODING = "beam 3, guided, length penalty 1 (the default)"
+DEFAULT_DECODING = "beam 3, guided (threshold 0.5, fallback 0.5), length penalty 1: the default"
 RESULT_ROWS = [
     ("Flickr8k test (1,000)", DEFAULT_DECODING, ["--data", "../shared/data/flickr8k", "--split", "test"]),
     ("Flickr8k test (1,000)", "greedy, unguided",

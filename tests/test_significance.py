@@ -125,7 +125,9 @@ def test_compare_command_on_coco_mini(coco_mini, capsys):
         assert m["difference"] == 0 and m["b_not_ahead"] == 1.0
     assert main(["evaluate", BUNDLED] + flags[:-2]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["guidance_threshold"] == evaluated["guidance_threshold"]  # caption()'s decoding, as evaluate's
+    # caption()'s decoding, as evaluate's: each model (here both) with its own calibrated guidance
+    assert result["guidance_threshold"] == [evaluated["guidance_threshold"]] * 2
+    assert result["guidance_fallback"] == [evaluated["guidance_fallback"]] * 2
     for name in ("bleu4", "cider", "rouge_l"):
         assert result["metrics"][name]["a"] == pytest.approx(evaluated[name], abs=0.006)  # evaluate rounds to 2 places
 

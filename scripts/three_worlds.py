@@ -10,6 +10,7 @@ differences). A change ships only if it wins beyond chance on coco-2733 test
 and does not lose beyond chance on Flickr8k test.
 
     python scripts/three_worlds.py MODEL.pt [--baseline OLD.pt] [--json out.json]
+    python scripts/three_worlds.py MODEL.pt --int8   # MODEL's int8 decoder against its float32 one
 
 Prints a Markdown table (the README's results table).
 """
@@ -35,14 +36,21 @@ def _run(args: list[str]) -> dict:
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 
 
-def score(model: str, baseline: str | None) -> list[dict]:
+def score(model: str, baseline: str | None, int8: bool = False) -> list[dict]:
+    """Each world's figures of ``model`` (with ``int8``, decoded in int8) and
+    its comparison with ``baseline`` (with ``int8``, by default ``model``
+    itself in float32: B is always the model scored, A the baseline in float32)."""
+    if int8 and baseline is None:
+        baseline = model
+    precision = ["--decoder-precision", "int8"] if int8 else []
     rows = []
     for world, path, split in WORLDS:
-        row = {"world": world, "command": f"python -m showtell evaluate {model} --data {os.path.relpath(path, ROOT)} "
-                                           f"--split {split}",
-               "scores": _run(["evaluate", model, "--data", path, "--split", split])}
+        args = ["evaluate", model, "--data", path, "--split", split, *precision]
+        shown = " ".join(args).replace(path, os.path.relpath(path, ROOT))
+        row = {"world": world, "command": f"python -m showtell {shown}", "scores": _run(args)}
         if baseline:
-            row["compare"] = _run(["compare", baseline, model, "--data", path, "--split", split])
+            row["compare"] = _run(["compare", baseline, model, "--data", path, "--split", split,
+                                   *(["--int8", "b"] if int8 else [])])
         rows.append(row)
     return rows
 
@@ -68,8 +76,11 @@ def main(argv=None) -> int:
     p.add_argument("model")
     p.add_argument("--baseline", default=None, help="compare against this checkpoint (paired bootstrap)")
     p.add_argument("--json", default=None, help="also write every figure here")
+    p.add_argument("--int8", action="store_true",
+                   help="score MODEL decoded in int8 (--decoder-precision int8), against --baseline in float32 "
+                        "or, without one, against MODEL itself in float32")
     args = p.parse_args(argv)
-    rows = score(args.model, args.baseline)
+    rows = score(args.model, args.baseline, args.int8)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .confidence import Confidence, caption_confidence, threshold_of
+from .decoders import check_decoder_precision
 from .decoding import DecodeOptions, Hypothesis, resolve_precision
 from .defaults import BEAM_SIZE, GUIDANCE_THRESHOLD
 from .encoders import EncoderOutput
@@ -138,17 +139,23 @@ class Captioner:
     >>> captioner = Captioner()                  # the bundled model
     >>> captioner("photo.jpg")                   # 'a dog runs through the grass'
     >>> captioner(["a.jpg", "b.jpg"], n_best=3)  # [[ScoredCaption, ...], [...]]
+    >>> Captioner(decoder_precision="int8")      # the decoder in int8: faster on a CPU, captions may differ
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
                  precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES, runtime: str = "auto",
-                 mirror_average: bool = False):
+                 mirror_average: bool = False, decoder_precision: str = "float32"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
         _check_max_bytes(max_image_bytes)
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
+        # The decoder's arithmetic: float32 (exact) or int8 (a CPU's fast path; captions may differ).
+        self.decoder_precision = check_decoder_precision(decoder_precision)
+        if decoder_precision == "int8" and (self.precision != "float32" or self.device.type != "cpu"):
+            raise ValueError(f"decoder_precision='int8' runs on a CPU with precision='float32' (the encoder's "
+                             f"arithmetic), got precision={self.precision!r} on {self.device.type}")
         ckpt = load_checkpoint(self.checkpoint)
         self.model = CaptionModel.from_checkpoint(ckpt, device=self.device)
         _check_finite(self.model, self.checkpoint)
@@ -173,8 +180,8 @@ class Captioner:
         self.defaults = default_options(ckpt)
         self.max_image_bytes = max_image_bytes  # the most bytes read of one image file
         if self.precision == "float32":
-            with torch.no_grad():  # make the fused inference steps now, not on the first photo
-                self.model.decoder.decoding_steps()
+            with torch.no_grad():  # make the fused (or int8) inference steps now, not on the first photo
+                self.model.decoder.decoding_steps(self.decoder_precision)
 
     def options(self, guided: bool | None = None, **overrides) -> DecodeOptions:
         """Decoding options: the defaults with ``overrides`` applied (validated).
@@ -203,7 +210,7 @@ class Captioner:
 
     def _caption(self, enc: EncoderOutput, opts: DecodeOptions, attention: bool = False) -> list[Captions]:
         return self.model.caption(enc.for_decoder(self.model.feature_kind), opts, enc.pooled, attention=attention,
-                                  precision=self.precision)
+                                  precision=self.precision, decoder_precision=self.decoder_precision)
 
     def captions_of_features(self, enc: EncoderOutput, opts: DecodeOptions) -> list[list[ScoredCaption]]:
         """n-best captions of encoded images, guided by their ImageNet tags when

@@ -14,6 +14,9 @@ greedy decoding and beam search, and each is built from its own config
 """
 from __future__ import annotations
 
+import copy
+import functools
+import warnings
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, ShowAttendTellConfig, ShowTellConfig
+from .defaults import DECODER_PRECISIONS
 
 State = tuple[torch.Tensor, ...]
 
@@ -54,9 +58,11 @@ class CaptionDecoder(DecodingSteps, Protocol):
       probability p, drawn from the model's own previous prediction; see
       :func:`fed_words`);
     - ``init_state`` / ``step`` / ``reorder_state`` (:class:`DecodingSteps`);
-    - ``decoding_steps()``: what inference should step: the decoder itself,
+    - ``decoding_steps(precision)``: what inference should step: the decoder itself,
       or for Show-Attend-Tell on a CPU in eval mode without gradients
       :class:`FusedAttendSteps`, the same arithmetic in fewer, larger matrix products;
+      with ``precision="int8"`` (:data:`DECODER_PRECISIONS`), a copy whose matrix
+      products read int8 weights (:class:`Int8Linear`);
     - ``feature_kind``: which cached features it reads, the pooled vector
       (B, C) ("pooled") or the spatial map (B, P, C) ("spatial").
     """
@@ -69,7 +75,7 @@ class CaptionDecoder(DecodingSteps, Protocol):
                 sampling: float = 0.0):
         """features, captions (B, T) = <start> w1 .. <end> <pad>.. -> logits (B, T-1, V)."""
 
-    def decoding_steps(self) -> DecodingSteps:
+    def decoding_steps(self, precision: str = "float32") -> DecodingSteps:
         """What inference steps (see the class docstring)."""
 
 
@@ -86,6 +92,69 @@ def fed_words(reference: torch.Tensor, previous_logits: torch.Tensor | None, sam
     return torch.where(torch.rand(reference.shape, device=reference.device) < sampling, own, reference)
 
 
+def check_decoder_precision(precision: str) -> str:
+    if precision not in DECODER_PRECISIONS:
+        raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def _quantized_engines() -> list[str]:
+    return [e for e in torch.backends.quantized.supported_engines if e != "none"]
+
+
+def int8_engine() -> str:
+    """The quantized engine int8 decoding runs on (PyTorch's current one);
+    a RuntimeError naming the option where this PyTorch build has none."""
+    engines = _quantized_engines()
+    if torch.backends.quantized.engine not in engines:
+        raise RuntimeError(f"decoder_precision='int8' needs one of PyTorch's quantized engines (x86, fbgemm, "
+                           f"onednn, qnnpack); this build has {engines or 'none'} and uses "
+                           f"{torch.backends.quantized.engine!r}: use decoder_precision='float32'")
+    return torch.backends.quantized.engine
+
+
+def _check_int8_steps(module: nn.Module, device: str) -> None:
+    """int8 steps are for inference on a CPU; elsewhere they are an error, not a silent float32."""
+    if device != "cpu":
+        raise ValueError(f"decoder_precision='int8' runs on a CPU only (the decoder is on {device}): "
+                         "use decoder_precision='float32'")
+    if module.training or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        raise ValueError("decoder_precision='int8' is for inference: eval mode, no gradients, no autocast "
+                         "(precision='float32')")
+    int8_engine()
+
+
+def _weights_key(module: nn.Module) -> tuple:
+    """Changes whenever a weight of ``module`` does (replaced, moved, written in place or cast)."""
+    return tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in module.parameters())
+
+
+class Int8Linear:
+    """``x @ weight.T + bias`` with the weight stored in int8, one scale per
+    output row (symmetric), and ``x`` quantized to 8 bits per call: PyTorch's
+    dynamic quantization (the kernels of ``torch.ao.quantization.quantize_dynamic``,
+    called directly: its module API is deprecated in torch 2.14). Beam search
+    multiplies a few rows by each matrix, so reading the weights is the cost,
+    and int8 reads a quarter of float32's bytes. ``reduce_range`` as PyTorch's
+    default for x86 and fbgemm (7-bit inputs: no overflow on CPUs without VNNI,
+    and the same numbers on every x86 CPU)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        engine = int8_engine()
+        weight = weight.detach().float()
+        scale = (weight.abs().amax(dim=1).clamp_min(1e-8) / 127).double()  # (out,)
+        zero = torch.zeros(weight.size(0), dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated, their kernels are not replaced yet
+            warnings.simplefilter("ignore")
+            qweight = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
+        self.reduce_range = engine in ("x86", "fbgemm")
+        self.out_features = weight.size(0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x.contiguous(), self.packed, self.reduce_range)
+
+
 class ShowTellDecoder(nn.Module):
     config_class = ShowTellConfig
     feature_kind = "pooled"
@@ -99,6 +168,7 @@ class ShowTellDecoder(nn.Module):
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim, vocab_size)
+        self._int8: tuple[tuple, nn.Module] | None = None  # the int8 copy and the weights it was made of
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, return_attention: bool = False,
                 sampling: float = 0.0):
@@ -137,8 +207,24 @@ class ShowTellDecoder(nn.Module):
     def reorder_state(self, state: State, rows: torch.Tensor) -> State:
         return tuple(s.index_select(0, rows) for s in state)
 
-    def decoding_steps(self):
-        return self  # cuDNN's / MKL's LSTM already runs the whole cell as one operation
+    def decoding_steps(self, precision: str = "float32"):
+        """The decoder itself (cuDNN's / MKL's LSTM already runs the whole cell
+        as one operation); for int8, a copy with PyTorch's dynamically quantized
+        LSTM and linear layers, remade whenever a weight changed."""
+        if check_decoder_precision(precision) == "float32":
+            return self
+        _check_int8_steps(self, self.out.weight.device.type)
+        key = _weights_key(self)
+        if self._int8 is None or self._int8[0] != key:
+            self._int8 = None  # not copied into the copy
+            quantized = copy.deepcopy(self)
+            with warnings.catch_warnings():  # torch.ao.quantization is deprecated; its modules still run
+                warnings.simplefilter("ignore")
+                from torch.ao.quantization import quantize_dynamic
+
+                quantized = quantize_dynamic(quantized, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+            self._int8 = (key, quantized)
+        return self._int8[1]
 
 
 class ShowAttendTellDecoder(nn.Module):
@@ -160,22 +246,26 @@ class ShowAttendTellDecoder(nn.Module):
         self.cell = nn.LSTMCell(cfg.embed_dim + d, h)
         self.dropout = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(h, vocab_size)
-        self._fused: tuple[tuple, FusedAttendSteps] | None = None  # inference's copy and the weights it was made of
+        # inference's copies, by precision, and the weights they were made of
+        self._fused: dict[str, tuple[tuple, FusedAttendSteps]] = {}
 
-    def decoding_steps(self):
+    def decoding_steps(self, precision: str = "float32"):
         """The steps inference runs: on a CPU, in eval mode without gradients,
-        :class:`FusedAttendSteps` (remade whenever a weight changed); else the
-        decoder itself: training, SCST's sampling, autocast's reduced precision
-        (whose per-operation casts the fused steps would bypass), and a GPU,
-        where beam search is bound by kernel launches, not by reading weights,
-        and the hand-written cell would launch more kernels than cuDNN's."""
+        :class:`FusedAttendSteps` in ``precision`` (remade whenever a weight
+        changed); else the decoder itself: training, SCST's sampling, autocast's
+        reduced precision (whose per-operation casts the fused steps would
+        bypass), and a GPU, where beam search is bound by kernel launches, not
+        by reading weights, and the hand-written cell would launch more kernels
+        than cuDNN's. int8 is only the fused steps: elsewhere it is an error."""
         device = self.out.weight.device.type
-        if self.training or torch.is_grad_enabled() or device != "cpu" or torch.is_autocast_enabled(device):
+        if check_decoder_precision(precision) == "int8":
+            _check_int8_steps(self, device)
+        elif self.training or torch.is_grad_enabled() or device != "cpu" or torch.is_autocast_enabled(device):
             return self
-        key = tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in self.parameters())
-        if self._fused is None or self._fused[0] != key:
-            self._fused = (key, FusedAttendSteps(self))
-        return self._fused[1]
+        key = _weights_key(self)
+        if precision not in self._fused or self._fused[precision][0] != key:
+            self._fused[precision] = (key, FusedAttendSteps(self, precision))
+        return self._fused[precision][1]
 
     def init_state(self, features: torch.Tensor) -> State:
         """features (B, P, C) -> (h, c, projected features (B, P, D), attention keys (B, P, A))."""
@@ -245,10 +335,14 @@ class FusedAttendSteps:
       next step's recurrent weights, attention query and gate) is one product
       with the four matrices stacked, its result carried in the state.
 
+    In ``precision="int8"`` both products of a step read int8 weights
+    (:class:`Int8Linear`); the rest (attention, the cell's nonlinearities, the
+    image's projections in :meth:`init_state`) stays float32.
+
     A frozen copy: :meth:`ShowAttendTellDecoder.decoding_steps` makes a new one
     when a weight changes."""
 
-    def __init__(self, decoder: ShowAttendTellDecoder):
+    def __init__(self, decoder: ShowAttendTellDecoder, precision: str = "float32"):
         with torch.no_grad():
             cell, e = decoder.cell, decoder.embed.embedding_dim
             self.decoder = decoder
@@ -263,6 +357,13 @@ class FusedAttendSteps:
                                           decoder.att_hidden.bias, decoder.gate.bias])
             self.score_weight = decoder.att_score.weight[0].clone()  # (A,)
             self.score_bias = decoder.att_score.bias.clone()
+            self.precision = check_decoder_precision(precision)
+            if precision == "int8":
+                self.hidden_product = Int8Linear(self.hidden_weight, self.hidden_bias)
+                self.context_product = Int8Linear(self.context_weight)
+            else:
+                self.hidden_product = functools.partial(_linear, weight=self.hidden_weight, bias=self.hidden_bias)
+                self.context_product = functools.partial(_linear, weight=self.context_weight)
 
     def init_state(self, features: torch.Tensor) -> State:
         """(h, c, feats, keys) as the decoder's, and what h is projected to (B, 4H + A + D)."""
@@ -275,11 +376,11 @@ class FusedAttendSteps:
         recurrent, query, gate = projected.split(self.sizes, dim=1)
         alpha = (torch.tanh(keys + query.unsqueeze(1)) @ self.score_weight + self.score_bias).softmax(dim=1)
         context = torch.sigmoid(gate) * torch.bmm(alpha.unsqueeze(1), feats).squeeze(1)
-        gates = self.word_gates[tokens] + recurrent + _linear(context, self.context_weight)
+        gates = self.word_gates[tokens] + recurrent + self.context_product(context)
         i, f, g, o = gates.chunk(4, dim=1)  # nn.LSTMCell's order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        out = _linear(h, self.hidden_weight, self.hidden_bias)
+        out = self.hidden_product(h)  # (B, V + 4H + A + D)
         return out[:, :self.vocab_size], (h, c, feats, keys, out[:, self.vocab_size:])
 
     def reorder_state(self, state: State, rows: torch.Tensor) -> State:

@@ -26,3 +26,7 @@ BOOTSTRAP_RESAMPLES = 1000  # draws of the paired bootstrap (showtell compare, s
 # What may run the encoder (showtell.onnx_encoder): auto picks ONNX Runtime on a
 # CPU where it is installed, else PyTorch.
 ENCODER_RUNTIMES = ("auto", "torch", "onnxruntime")
+# The decoder's arithmetic at inference (showtell.decoders): float32 (exact: the
+# decoder's own numbers) or int8 (on a CPU its matrix products read a quarter of
+# the bytes; captions may differ, see tests/test_int8.py for how much).
+DECODER_PRECISIONS = ("float32", "int8")

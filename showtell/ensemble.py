@@ -72,8 +72,11 @@ class EnsembleDecoder(nn.Module):
             alphas.append(alpha)
         return self._mean_logprob(logits), tuple(new), torch.stack(alphas).mean(dim=0)
 
-    def decoding_steps(self):
-        return self  # each member steps as it does in training (an ensemble is for scoring, not latency)
+    def decoding_steps(self, precision: str = "float32"):
+        # Each member steps as it does in training (an ensemble is for scoring, not latency).
+        if precision != "float32":
+            raise ValueError(f"an ensemble decodes in float32 only, got decoder_precision={precision!r}")
+        return self
 
     def reorder_state(self, state: State, rows: torch.Tensor) -> State:
         return tuple(t for member, s in zip(self.members, self._split(state))

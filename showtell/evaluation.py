@@ -29,12 +29,13 @@ from .text import tokenize
 
 def caption_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,
                      device: str | torch.device = "cpu", progress: bool = False,
-                     pooled: np.ndarray | None = None) -> list[list[str]]:
+                     pooled: np.ndarray | None = None, decoder_precision: str = "float32") -> list[list[str]]:
     """Best caption (as words) for each row of decoder features (cached, so
     possibly a float16 memory map), decoded in float32 by
     :meth:`~showtell.model.CaptionModel.caption`, as caption() decodes. With
     ``opts.guidance_threshold`` set, ``pooled`` (the same rows' pooled features)
-    gives the ImageNet tags that guide them."""
+    gives the ImageNet tags that guide them. ``decoder_precision``: float32
+    (caption()'s default) or int8 (:data:`showtell.decoders.DECODER_PRECISIONS`)."""
     guided = opts.guidance_threshold is not None
     if guided and pooled is None:
         raise ValueError("guided captions (opts.guidance_threshold) need the pooled features for their tags")
@@ -46,7 +47,7 @@ def caption_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOpt
     with tqdm(total=len(features), desc="captioning", unit="img", disable=not progress, leave=False) as bar:
         for i in range(0, len(features), batch_size):
             x = rows(features, i)
-            found = model.caption(x, opts, rows(pooled, i) if guided else None)
+            found = model.caption(x, opts, rows(pooled, i) if guided else None, decoder_precision=decoder_precision)
             out += [model.vocab.decode(f.hypotheses[0].tokens) for f in found]
             bar.update(len(x))
     return out
@@ -67,14 +68,15 @@ def write_captions(path: str, items: Sequence[ImageCaptions], captions: Sequence
 
 def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   captions_out: str | None = None, examples: int = 0, mirror_average: bool = False) -> dict:
+                   captions_out: str | None = None, examples: int = 0, mirror_average: bool = False,
+                   decoder_precision: str = "float32") -> dict:
     """The field's caption metrics of the model's captions for ``items``
     (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D: :func:`showtell.metrics.coco_caption_scores`)
     and the number of images scored; optionally writes the captions as JSON,
     and returns the first ``examples`` as (image id, caption, first reference)
     under "examples"."""
     items, captions = split_captions(model, dataset, items, cache, split, opts, device=device, progress=progress,
-                                     mirror_average=mirror_average)
+                                     mirror_average=mirror_average, decoder_precision=decoder_precision)
     if captions_out:
         write_captions(captions_out, items, captions)
     refs = [[tokenize(c) for c in item.captions] for item in items]
@@ -87,19 +89,21 @@ def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, s
 def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequence[ImageCaptions], split: str,
                         opts: DecodeOptions, cache, *, model: CaptionModel | None = None, store: bool = False,
                         device: str | torch.device = "cpu", progress: bool = True, captions_out: str | None = None,
-                        examples: int = 0, mirror_average: bool = False) -> dict:
+                        examples: int = 0, mirror_average: bool = False, decoder_precision: str = "float32") -> dict:
     """Score the checkpoint ``ckpt`` (read from ``path``) on ``items``, the
     ``split`` of ``dataset``: :func:`evaluate_split`'s scores of its captions,
     decoded with ``opts``. ``model``: what captions instead of ``ckpt``'s own
     model (an ensemble led by it). ``store``: also record the scores in the
     checkpoint file, under the dataset's name (and as the model's own
     SPLIT_scores when it is the first dataset the model was trained on, where
-    the web page's model card reads them). What ``showtell evaluate`` and
-    ``train.py --test`` do once their flags are checked."""
+    the web page's model card reads them). ``decoder_precision``: the
+    decoder's arithmetic (:func:`caption_features`). What ``showtell evaluate``
+    and ``train.py --test`` do once their flags are checked."""
     if model is None:
         model = CaptionModel.from_checkpoint(ckpt, device=device)
     scores = evaluate_split(model, dataset, items, cache, split, opts, device=device, progress=progress,
-                            captions_out=captions_out, examples=examples, mirror_average=mirror_average)
+                            captions_out=captions_out, examples=examples, mirror_average=mirror_average,
+                            decoder_precision=decoder_precision)
     if store:
         # Scores of the model's own (first) dataset are its SPLIT_scores; every dataset's
         # are kept by name too (a model trained on Flickr8k and COCO is scored on both).
@@ -114,31 +118,37 @@ def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequen
 
 def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
-                   mirror_average: bool = False) -> tuple[Sequence[ImageCaptions], list[list[str]]]:
+                   mirror_average: bool = False,
+                   decoder_precision: str = "float32") -> tuple[Sequence[ImageCaptions], list[list[str]]]:
     """The items whose features could be made (a photo that cannot be read
     is left out, as in training) and the model's caption (words) of each;
-    ``mirror_average``: from features averaged with the mirror image's."""
+    ``mirror_average``: from features averaged with the mirror image's;
+    ``decoder_precision``: the decoder's arithmetic (:func:`caption_features`)."""
     fs = split_features(model.encoder, dataset, split, items, cache, device=device, progress=progress,
                         mirror_average=mirror_average)
     captions = caption_features(model, fs.for_decoder(model.feature_kind), opts, device=device, progress=progress,
-                                pooled=fs.pooled)
+                                pooled=fs.pooled, decoder_precision=decoder_precision)
     return fs.items, captions
 
 
 def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions], cache, split: str,
                   opts: DecodeOptions | tuple[DecodeOptions, DecodeOptions], device: str | torch.device = "cpu",
-                  progress: bool = True,
-                  resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0, mirror_average: tuple[bool, bool] = (False, False)) -> dict:
+                  progress: bool = True, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                  mirror_average: tuple[bool, bool] = (False, False),
+                  decoder_precision: tuple[str, str] = ("float32", "float32")) -> dict:
     """Two models' captions of the same photos, compared by the paired
     bootstrap (:func:`showtell.significance.paired_bootstrap`): BLEU-4,
     CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals.
     ``mirror_average``: whether A's and B's features are averaged with the
     mirror image's (A and B may then be the same model). ``opts``: both
-    models' decoding options, or a pair (A's, B's: each its own calibrated guidance)."""
+    models' decoding options, or a pair (A's, B's: each its own calibrated guidance).
+    ``decoder_precision``: A's and B's decoder arithmetic (float32 against
+    int8: the same model twice)."""
     pair = opts if isinstance(opts, tuple) else (opts, opts)
     (items_a, a), (items_b, b) = (split_captions(m, dataset, items, cache, split, o, device=device,
-                                                 progress=progress, mirror_average=mirror)
-                                  for m, o, mirror in zip((model_a, model_b), pair, mirror_average))
+                                                 progress=progress, mirror_average=mirror, decoder_precision=dp)
+                                  for m, o, mirror, dp in zip((model_a, model_b), pair, mirror_average,
+                                                              decoder_precision))
     if [it.image_id for it in items_a] != [it.image_id for it in items_b]:
         raise ValueError("the two models' encoders could read different photos of the split: "
                          "a paired comparison needs the same photos")

@@ -112,7 +112,8 @@ class CaptionModel(nn.Module):
 
     @torch.no_grad()
     def caption(self, features: torch.Tensor, opts: DecodeOptions, pooled: torch.Tensor | None = None, *,
-                attention: bool = False, precision: str = "float32") -> list[Captions]:
+                attention: bool = False, precision: str = "float32",
+                decoder_precision: str = "float32") -> list[Captions]:
         """The captions of encoded images: everything after the encoder, in one
         place, so caption(), explain(), evaluate, the web page and the
         benchmarks give the same captions from the same features.
@@ -125,7 +126,9 @@ class CaptionModel(nn.Module):
         search enforces, which needs ``pooled``. ``attention``: also the
         attention behind each word of each image's best caption (a decoder
         with attention). ``precision``: the decoder's arithmetic
-        (:func:`~showtell.decoding.autocast`; the tags and attention maps are float32)."""
+        (:func:`~showtell.decoding.autocast`; the tags and attention maps are float32).
+        ``decoder_precision``: "float32" (exact) or "int8" (the decoder's steps
+        read int8 weights on a CPU: :data:`~showtell.decoders.DECODER_PRECISIONS`)."""
         guided = opts.guidance_threshold is not None
         if guided and pooled is None:
             raise ValueError("guided captions (opts.guidance_threshold) need the pooled features for their tags")
@@ -139,7 +142,8 @@ class CaptionModel(nn.Module):
         # step, so halving them is where a CPU's speed is (README: precision).
         fallback = guided and opts.guidance_fallback is not None
         with autocast(features.device, precision):
-            found, unguided = self._generate(features, opts, required if guided else None, unguided_too=fallback)
+            found, unguided = self._generate(features, opts, required if guided else None, unguided_too=fallback,
+                                             decoder_precision=decoder_precision)
         # A guided caption far less probable per word than the unguided one is set aside for it.
         set_aside = {i for i, plain in unguided.items()
                      if plain and found[i] and found[i][0].mean_logprob < plain[0].mean_logprob - opts.guidance_fallback}
@@ -167,7 +171,8 @@ class CaptionModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, features: torch.Tensor, opts: DecodeOptions,
-                 constraints: Sequence[Sequence[Constraint]] | None = None) -> list[list[Hypothesis]]:
+                 constraints: Sequence[Sequence[Constraint]] | None = None, *,
+                 decoder_precision: str = "float32") -> list[list[Hypothesis]]:
         """The ``opts.n_best`` best captions of each image (greedy when
         ``opts.beam_size`` is 1), in eval mode, as lists of word ids.
 
@@ -176,12 +181,14 @@ class CaptionModel(nn.Module):
         constraints go through constrained beam search (:mod:`showtell.constrained`;
         one whose constraint no caption could meet gets its best unconstrained
         captions), the others through the plain search, exactly as without them.
-        :meth:`caption` is the caller that turns tags into constraints."""
-        return self._generate(features, opts, constraints)[0]
+        :meth:`caption` is the caller that turns tags into constraints.
+        ``decoder_precision``: as for :meth:`caption`."""
+        return self._generate(features, opts, constraints, decoder_precision=decoder_precision)[0]
 
     def _generate(self, features: torch.Tensor, opts: DecodeOptions,
                   constraints: Sequence[Sequence[Constraint]] | None,
-                  unguided_too: bool = False) -> tuple[list[list[Hypothesis]], dict[int, list[Hypothesis]]]:
+                  unguided_too: bool = False, decoder_precision: str = "float32"
+                  ) -> tuple[list[list[Hypothesis]], dict[int, list[Hypothesis]]]:
         """:meth:`generate`'s captions and, with ``unguided_too``, each
         constrained image's unconstrained captions (by its index), found in
         the same search: a batch decodes each image as it would alone, and on a
@@ -191,7 +198,8 @@ class CaptionModel(nn.Module):
         was_training = self.decoder.training
         self.decoder.eval()
         v = self.vocab
-        steps = self.decoder.decoding_steps()  # the fused inference steps where the decoder has them
+        # the fused inference steps where the decoder has them (int8: only those)
+        steps = self.decoder.decoding_steps(decoder_precision)
         try:
             rows = [i for i, c in enumerate(constraints or ()) if c]
             if rows:
@@ -205,7 +213,7 @@ class CaptionModel(nn.Module):
                     out[i] = hyps
                 rest = [i for i in range(features.size(0)) if not constraints[i]]
                 if rest:
-                    for i, hyps in zip(rest, self.generate(features[rest], opts)):
+                    for i, hyps in zip(rest, self.generate(features[rest], opts, decoder_precision=decoder_precision)):
                         out[i] = hyps
                 return out, dict(zip(extra, found[len(rows):]))
             if opts.beam_size == 1:

@@ -119,7 +119,7 @@ def test_default_precision_gives_evaluates_captions(flickr8k_root):
 
     cap = Captioner()
     assert cap.precision == "float32"
-    fused = cap.model.decoder._fused[1]
+    fused = cap.model.decoder._fused["float32"][1]
     assert isinstance(fused, FusedAttendSteps)  # made at load: caption() and evaluate both decode through it
     items = read_flickr8k(flickr8k_root, "test")[:8]
     fs = FeatureCache().get("flickr8k", "test", items, cap.model.encoder, num_workers=0, progress=False)

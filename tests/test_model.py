@@ -223,4 +223,4 @@ def test_fused_steps_only_in_inference_and_remade_when_a_weight_changes():
     with torch.no_grad():
         plain = beam_search(model.decoder, feats, opts, model.vocab.end_id, model.vocab.start_id, model.vocab.unk_id)
     assert [h[0].tokens for h in model.generate(feats, opts)] == [h[0].tokens for h in plain]
-    assert isinstance(model.decoder._fused[1], FusedAttendSteps)
+    assert isinstance(model.decoder._fused["float32"][1], FusedAttendSteps)

@@ -9,9 +9,9 @@ import sys
 from typing import Any, Sequence
 
 from ..defaults import BEAM_SIZE, GUIDANCE_FALLBACK, GUIDANCE_THRESHOLD, MAX_LEN
-from .common import (DEVICE_HELP, FAILED, OK, USAGE, UsageError, add_encoder_runtime, add_guidance_flags,
-                     add_length_penalty, check_checkpoint_file, check_device, decode_options, guidance_option,
-                     length_penalty_option, positive, printable)
+from .common import (DEVICE_HELP, FAILED, OK, USAGE, UsageError, add_decoder_precision, add_encoder_runtime,
+                     add_guidance_flags, add_length_penalty, check_checkpoint_file, check_device, check_int8_device,
+                     decode_options, guidance_option, length_penalty_option, positive, printable)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 BATCH_SIZE = 32  # photos decoded together: results are printed batch by batch
@@ -49,6 +49,7 @@ def fill_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                 f"(default: the model's own; {GUIDANCE_FALLBACK} for a model without one)")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     add_encoder_runtime(p)
+    add_decoder_precision(p, "a few captions")
     p.add_argument("--mirror-average", action="store_true",
                    help="caption from each photo's features averaged with its mirror image's "
                         "(test-time augmentation: twice the encoder's work)")
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len, **guidance_option(args),
                    **length_penalty_option(args))
     decode_options(**options)
+    check_int8_device(args.decoder_precision == "int8", device, "--decoder-precision int8")
     if args.checkpoint:
         check_checkpoint_file(args.checkpoint)
     if args.attention is not None and os.path.exists(args.attention) and not os.path.isdir(args.attention):
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from ..images import ImageError
 
     captioner = Captioner(args.checkpoint, device=device, batch_size=args.batch_size, runtime=args.encoder_runtime,
-                          mirror_average=args.mirror_average)
+                          mirror_average=args.mirror_average, decoder_precision=args.decoder_precision)
     if args.attention is not None and not captioner.model.decoder.has_attention:
         raise UsageError(f"--attention: this model's decoder ({captioner.model.cfg.decoder}) has no attention "
                          f"to show; it needs a show_attend_tell model (the bundled model is one)")

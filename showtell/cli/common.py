@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from ..config import DataConfig
 from ..datasets import DatasetError, resolve_sources
-from ..defaults import ENCODER_RUNTIMES, LENGTH_PENALTY
+from ..defaults import DECODER_PRECISIONS, ENCODER_RUNTIMES, LENGTH_PENALTY
 from ..runfolder import RunFolderError
 
 # Exit statuses (docs/command-line.md).
@@ -304,3 +304,17 @@ def add_encoder_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-runtime", choices=ENCODER_RUNTIMES, default="auto",
                    help="what runs the encoder: auto (ONNX Runtime on a CPU where installed: faster captions, "
                         "about 0.5 s more to load), torch, onnxruntime")
+
+
+def add_decoder_precision(p: argparse.ArgumentParser, what: str) -> None:
+    """--decoder-precision float32|int8 (help: ``what`` may differ in int8)."""
+    p.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="float32",
+                   help=f"the decoder's arithmetic: float32 (exact, the default) or int8 (on a CPU: the decoder "
+                        f"reads a quarter of the bytes, faster; {what} may differ from float32's)")
+
+
+def check_int8_device(int8: bool, device: str, flag: str) -> None:
+    """Refuse an int8 decoder (asked for by ``flag``) on another device than a CPU."""
+    if int8 and not device.startswith("cpu"):
+        raise UsageError(f"{flag}: the int8 decoder runs on a CPU only (this command decodes on {device}); "
+                         f"add --device cpu")

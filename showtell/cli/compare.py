@@ -7,7 +7,7 @@ import json
 
 from ..defaults import BOOTSTRAP_RESAMPLES
 from ..metric_registry import label as metric_label
-from .common import OK, check_checkpoint_file, check_device, positive
+from .common import OK, check_checkpoint_file, check_device, check_int8_device, positive
 from .scoring import add_scoring_flags, data_overrides, scoring_items, scoring_options
 
 SUMMARY = "is B better than A? both scored on the same photos, with bootstrap intervals"
@@ -27,6 +27,9 @@ def fill_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--mirror-average", choices=("a", "b", "both"), default=None,
                    help="caption A's, B's or both models' photos from features averaged with the mirror image's "
                         "(compare a model with itself: showtell compare M M --mirror-average b)")
+    p.add_argument("--int8", choices=("a", "b", "both"), default=None,
+                   help="decode A's, B's or both models' captions with int8 weights (--decoder-precision int8; "
+                        "int8 against float32: showtell compare M M --int8 b)")
     return p
 
 
@@ -38,6 +41,7 @@ def get_parser(prog: str = "python -m showtell compare") -> argparse.ArgumentPar
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     scoring_options(args, None)  # a bad flag is a usage error before any model loads
+    check_int8_device(args.int8 is not None, device, f"--int8 {args.int8}")
     check_checkpoint_file(args.checkpoint)
     check_checkpoint_file(args.other)
 
@@ -53,9 +57,12 @@ def run(args: argparse.Namespace) -> int:
     models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(other, device=device)]
     result = compare_split(*models, dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                            device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed,
-                           mirror_average=(args.mirror_average in ("a", "both"), args.mirror_average in ("b", "both")))
+                           mirror_average=(args.mirror_average in ("a", "both"), args.mirror_average in ("b", "both")),
+                           decoder_precision=tuple("int8" if args.int8 in (side, "both") else "float32"
+                                                   for side in ("a", "b")))
     mirrored = {"a": " (A mirror-averaged)", "b": " (B mirror-averaged)", "both": " (both mirror-averaged)"}
-    print(f"A = {args.checkpoint}\nB = {args.other}{mirrored.get(args.mirror_average, '')}\n"
+    int8 = {"a": " (A in int8)", "b": " (B in int8)", "both": " (both in int8)"}
+    print(f"A = {args.checkpoint}\nB = {args.other}{mirrored.get(args.mirror_average, '')}{int8.get(args.int8, '')}\n"
           f"{dataset} {args.split}: {result['images']} photos, "
           f"{result['changed_captions']} captions differ; {args.resamples} paired bootstrap draws, 95 % intervals")
     print(f"{'metric':8s} {'A':>22s} {'B':>22s} {'B - A':>24s} {'draws B not ahead':>18s}")
@@ -70,5 +77,6 @@ def run(args: argparse.Namespace) -> int:
                       "guidance_threshold": [o.guidance_threshold for o in opts],
                       "guidance_fallback": [o.guidance_fallback for o in opts],
                       "length_penalty": opts[0].length_penalty, "seed": args.seed,
-                      **({"mirror_average": args.mirror_average} if args.mirror_average else {}), **result}))
+                      **({"mirror_average": args.mirror_average} if args.mirror_average else {}),
+                      **({"int8": args.int8} if args.int8 else {}), **result}))
     return OK

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import OK, UsageError, check_checkpoint_file, check_device, check_output_file, count
+from .common import (OK, UsageError, add_decoder_precision, check_checkpoint_file, check_device, check_int8_device,
+                     check_output_file, count)
 from .scoring import add_scoring_flags, data_overrides, evaluation_line, scoring_items, scoring_options
 
 SUMMARY = "score a checkpoint on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr-D)"
@@ -28,6 +29,7 @@ def fill_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--mirror-average", action="store_true",
                    help="caption from each photo's features averaged with its mirror image's "
                         "(test-time augmentation: twice the encoder's work; caption --mirror-average does the same)")
+    add_decoder_precision(p, "the captions scored")
     return p
 
 
@@ -39,9 +41,13 @@ def get_parser(prog: str = "python -m showtell evaluate") -> argparse.ArgumentPa
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     scoring_options(args, None)  # a bad flag is a usage error before any model loads
-    if args.store and (args.ensemble or args.length_penalty is not None or args.mirror_average):
+    int8 = args.decoder_precision != "float32"
+    if args.store and (args.ensemble or args.length_penalty is not None or args.mirror_average or int8):
         raise UsageError("--store records the checkpoint's own scores at the default decoding: "
-                         "leave out --ensemble, --length-penalty and --mirror-average")
+                         "leave out --ensemble, --length-penalty, --mirror-average and --decoder-precision")
+    if args.ensemble and int8:
+        raise UsageError("--ensemble decodes in float32 only: leave out --decoder-precision")
+    check_int8_device(int8, device, "--decoder-precision int8")
     for path in args.ensemble:
         check_checkpoint_file(path)
     if args.output:
@@ -65,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--ensemble: {e}") from None
     scores = evaluate_checkpoint(args.checkpoint, ckpt, name, items, args.split, opts, FeatureCache(args.cache_dir),
                                  model=model, store=args.store, device=device, progress=not args.no_progress,
-                                 captions_out=args.output, examples=args.show, mirror_average=args.mirror_average)
+                                 captions_out=args.output, examples=args.show, mirror_average=args.mirror_average,
+                                 decoder_precision=args.decoder_precision)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps(evaluation_line(args.checkpoint, name, args.split, opts, scores, args.ensemble,
-                                     args.mirror_average)))
+                                     args.mirror_average, args.decoder_precision)))
     return OK

@@ -106,7 +106,7 @@ def scoring_items(ckpt, checkpoint: str, split: str, data: str | None = None, ov
 
 
 def evaluation_line(checkpoint: str, dataset: str, split: str, opts, scores: dict, ensemble=(),
-                    mirror_average: bool = False) -> dict:
+                    mirror_average: bool = False, decoder_precision: str = "float32") -> dict:
     """The JSON line evaluate (and ``train --test``) prints: what was scored,
     how it was decoded, and the scores (rounded to 2 decimals)."""
     return {"checkpoint": checkpoint, "dataset": dataset, "split": split, "beam_size": opts.beam_size,
@@ -114,5 +114,6 @@ def evaluation_line(checkpoint: str, dataset: str, split: str, opts, scores: dic
             **({"guidance_fallback": opts.guidance_fallback} if opts.guidance_threshold is not None else {}),
             **({"ensemble": list(ensemble)} if ensemble else {}),
             **({"mirror_average": True} if mirror_average else {}),
+            **({"decoder_precision": decoder_precision} if decoder_precision != "float32" else {}),
             "length_penalty": opts.length_penalty,
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}

@@ -226,6 +226,7 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
     fin_tokens, fin_logprob, fin_score = [], [], []  # per step: (B, S, k, t), (B, S, k), (B, S, k)
     n_finished = torch.zeros(b, dtype=torch.long, device=dev)
     capped = None
+    into = None
     for t in range(opts.max_len + 1):
         logits, state = decoder.step(tokens, state)
         logp = constrain(logits.float().log_softmax(-1), seqs, opts, end_id, unk_id)  # (B*S*k, V)
@@ -233,6 +234,10 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
         if c and word_bits is None:  # the vocabulary size is known once the decoder has spoken
             word_bits, start_state = _word_bits(constraints, c, v, {end_id, start_id, unk_id}, dev)
             scores[torch.arange(b, device=dev), start_state, 0] = 0.0  # expand one hypothesis of the start state
+            # Where each candidate goes, the same at every step: (B, S_src, V) destination
+            # state, then for each destination state whether a source's word leads there.
+            dest = states.view(1, n_states, 1) | word_bits.unsqueeze(1)  # (B, S_src, V)
+            into = (dest.unsqueeze(1) == states.view(1, n_states, 1, 1)).unsqueeze(3)  # (B, S_dst, S_src, 1, V)
         cand = scores.unsqueeze(-1) + logp.view(b, n_states, k, v)  # (B, S_src, k, V)
         if t == opts.max_len:
             # At the cap, each alive hypothesis either ends here or is cut without <end>.
@@ -246,11 +251,8 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
             capped = ~ended
             break
         if c:
-            # Where each candidate goes: (B, S_src, V) destination state, then each
-            # destination state's candidates from every source state, as one row.
-            dest = states.view(1, n_states, 1) | word_bits.unsqueeze(1)  # (B, S_src, V)
-            into = dest.unsqueeze(1) == states.view(1, n_states, 1, 1)  # (B, S_dst, S_src, V)
-            cand = torch.where(into.unsqueeze(3), cand.unsqueeze(1), NEG_INF)  # (B, S_dst, S_src, k, V)
+            # Each destination state's candidates from every source state, as one row.
+            cand = torch.where(into, cand.unsqueeze(1), NEG_INF)  # (B, S_dst, S_src, k, V)
         cand = cand.view(b, n_states, n_states * k * v)  # one state: every candidate stays in it
         top_lp, top_idx = cand.topk(min(2 * k, n_states * k * v), dim=2)  # (B, S, 2k)
         src_hyp, word = top_idx // v, top_idx % v  # src_hyp = src_state * k + beam

@@ -251,16 +251,15 @@ class GuidanceMap:
             return [[] for _ in range(probs.size(0))]
         group_prob = torch.zeros(probs.size(0), n_groups).index_add_(
             1, self._group_of_class[mapped], probs[:, mapped])  # (B, G)
-        top_prob, top_group = group_prob.topk(min(k, n_groups), dim=-1)
-        out = []
-        for row, gs, ps in zip(probs, top_group.tolist(), top_prob.tolist()):
-            tags = []
-            for g, p in zip(gs, ps):
-                in_group = self._group_of_class == g
-                best = torch.where(in_group, row, -1.0).topk(min(3, int(in_group.sum()))).indices.tolist()
-                tags.append(WordTag(self._group_words[g], p, tuple(self.names[i] for i in best)))
-            out.append(tags)
-        return out
+        top_prob, top_group = group_prob.topk(min(k, n_groups), dim=-1)  # (B, k)
+        # Each tag's most probable classes (at most 3), for every image and tag at once:
+        # the group's members come first (probabilities >= 0 against the others' -1).
+        in_group = self._group_of_class.view(1, 1, -1) == top_group.unsqueeze(2)  # (B, k, 1000)
+        members = in_group.sum(dim=2).clamp(max=3).tolist()  # (B, k)
+        best = torch.where(in_group, probs.unsqueeze(1), -1.0).topk(3, dim=2).indices.tolist()  # (B, k, 3)
+        return [[WordTag(self._group_words[g], p, tuple(self.names[i] for i in classes[:n]))
+                 for g, p, classes, n in zip(gs, ps, bs, ns)]
+                for gs, ps, bs, ns in zip(top_group.tolist(), top_prob.tolist(), best, members)]
 
 
 def confident_constraints(word_tags: Sequence[WordTag], word_index: Mapping[str, int], threshold: float,

@@ -196,11 +196,12 @@ class CaptionModel(nn.Module):
         if constraints is not None and len(constraints) != features.size(0):
             raise ValueError(f"got constraints for {len(constraints)} images but features for {features.size(0)}")
         was_training = self.decoder.training
-        self.decoder.eval()
+        if was_training:  # eval() and train() walk every submodule: only when there is a mode to change
+            self.decoder.eval()
         v = self.vocab
-        # the fused inference steps where the decoder has them (int8: only those)
-        steps = self.decoder.decoding_steps(decoder_precision)
         try:
+            # the fused inference steps where the decoder has them (int8: only those)
+            steps = self.decoder.decoding_steps(decoder_precision)
             rows = [i for i, c in enumerate(constraints or ()) if c]
             if rows:
                 # Only the constrained images pay for the extra beams (2**c per image);
@@ -220,7 +221,8 @@ class CaptionModel(nn.Module):
                 return [[h] for h in greedy_decode(steps, features, opts, v.end_id, v.start_id, v.unk_id)], {}
             return beam_search(steps, features, opts, v.end_id, v.start_id, v.unk_id), {}
         finally:
-            self.decoder.train(was_training)
+            if was_training:
+                self.decoder.train()
 
     def sample(self, features: torch.Tensor, n: int, max_len: int = 16):
         """``n`` captions per image drawn from the model, with gradients:

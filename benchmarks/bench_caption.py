@@ -7,7 +7,14 @@
    unguided) against two floors, each with PyTorch's encoder (the reference a
    plain PyTorch captioner has) and with the one caption() runs (ONNX Runtime
    on a CPU where installed): the encoder's forward pass alone, and
-   load + resize + forward (what any captioner must do), as medians.
+   load + resize + forward (what any captioner must do), as medians; and the
+   decoder's share: the decoder, beam search and tags (CaptionModel.caption on
+   the photo's features) as a fraction of caption().
+
+With --int8 the same figures for the int8 decoder (decoder_precision="int8"),
+timed in the same loops as float32's so that their ratio holds under load, and
+how many of its captions differ from float32's. --latency-only skips part 2
+and the PyTorch-encoder comparisons (a quick look at part 3).
 
 With ONNX Runtime running the encoder it also captions the photos, and the 80
 coco-mini photos (outside Flickr8k's world), with PyTorch's encoder and counts
@@ -15,6 +22,7 @@ the captions that differ.
 
     python benchmarks/bench_caption.py [--checkpoint model.pt] [--photos 1000] [--precision float32|auto]
                                        [--runtime auto|torch|onnxruntime] [--mirror-average] [--repeats 30]
+                                       [--int8] [--latency-only]
 """
 import argparse
 import os
@@ -47,8 +55,12 @@ def main():
     p.add_argument("--repeats", type=int, default=30, help="single-photo latency: timed calls of each kind")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what runs the encoder (caption()'s default: auto, ONNX Runtime on a CPU where installed)")
+    p.add_argument("--int8", action="store_true",
+                   help="also time the int8 decoder (decoder_precision='int8') beside float32's")
+    p.add_argument("--latency-only", action="store_true",
+                   help="only the load time and single-photo latency (no 1,000-photo pass, no PyTorch-encoder runs)")
     args = p.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", f"from showtell import Captioner; Captioner({args.checkpoint!r})"],
@@ -59,10 +71,21 @@ def main():
                     mirror_average=args.mirror_average)
     print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s); precision {cap.precision}, "
           f"encoder runtime {cap.runtime}" + (", mirror-averaged features" if cap.mirror_average else ""))
+    fast = None
+    if args.int8:
+        t = time.perf_counter()
+        fast = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime=args.runtime,
+                         mirror_average=args.mirror_average, decoder_precision="int8")
+        print(f"model load, int8 decoder: {time.perf_counter() - t:.2f} s")
     items = read_flickr8k(args.data_root, "test")[:args.photos]
     paths = [it.path for it in items]
     # warm-up; on CUDA every batch shape, since cuDNN plans each new one once (seconds on an H200)
     cap(paths if cap.device.type == "cuda" else paths[:4])
+    if fast is not None:
+        fast(paths[:4])
+    if args.latency_only:
+        latency(args, cap, fast, paths[0], None)
+        return
 
     t = time.perf_counter()
     batched = cap(paths, beam_size=3)
@@ -79,6 +102,15 @@ def main():
           f"(target >= 3x); identical captions {same}/{len(paths)}")
     print("BLEU-1..4 of these captions (the caption() path, this precision): "
           + " ".join(f"{bleu[f'bleu{n}']:.2f}" for n in range(1, 5)) + f", CIDEr-D {cider:.2f}")
+    if fast is not None:
+        t = time.perf_counter()
+        batched_int8 = fast(paths, beam_size=3)
+        per_int8 = (time.perf_counter() - t) / len(paths)
+        bleu8 = score_captions(items, [c.split() for c in batched_int8])
+        cider8 = 100 * CiderD(refs).score([c.split() for c in batched_int8], refs)[0]
+        print(f"int8 decoder, batched {1000 * per_int8:.1f} ms/photo ({per_batched / per_int8:.2f}x float32's); "
+              f"captions that differ from float32's {sum(a != b for a, b in zip(batched, batched_int8))}/{len(paths)}; "
+              "BLEU-1..4 " + " ".join(f"{bleu8[f'bleu{n}']:.2f}" for n in range(1, 5)) + f", CIDEr-D {cider8:.2f}")
     reference = None
     if cap.runtime != "torch":
         reference = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime="torch",
@@ -90,8 +122,13 @@ def main():
         print(f"captions that differ from those with PyTorch's encoder: {differ}/{len(paths)} Flickr8k test, "
               f"{coco_differ}/{len(coco)} coco-mini")
 
-    photo = paths[0]
-    times = {k: [] for k in ("guided", "plain", "enc", "floor", "enc_rt", "floor_rt", "torch_guided")}
+    latency(args, cap, fast, paths[0], reference)
+
+
+def latency(args, cap, fast, photo, reference):
+    """Part 3: single-photo medians, every kind timed in one interleaved loop."""
+    times = {k: [] for k in ("guided", "plain", "enc", "floor", "enc_rt", "floor_rt", "torch_guided", "decode",
+                             "guided8", "plain8", "decode8")}
 
     def timed(key, fn):
         t = time.perf_counter()
@@ -105,9 +142,26 @@ def main():
             cap.encoder(x.unsqueeze(0).to(cap.device).contiguous(memory_format=torch.channels_last))
 
     x = cap.pixels(photo)
+    with torch.inference_mode():
+        enc = cap.encode(x.unsqueeze(0))
+    feats, guided_opts = enc.for_decoder(cap.model.feature_kind), cap.options(beam_size=3)
+
+    def decode(precision):
+        # everything caption() does after the encoder: tags, constraints, beam search
+        with torch.inference_mode():
+            cap.model.caption(feats, guided_opts, enc.pooled, precision=cap.precision, decoder_precision=precision)
+
+    decode("float32")  # warm-up (int8: makes its steps)
+    if fast is not None:
+        decode("int8")
     for _ in range(args.repeats):
         timed("guided", lambda: cap(photo, beam_size=3))
         timed("plain", lambda: cap(photo, beam_size=3, guided=False))
+        timed("decode", lambda: decode("float32"))
+        if fast is not None:
+            timed("guided8", lambda: fast(photo, beam_size=3))
+            timed("plain8", lambda: fast(photo, beam_size=3, guided=False))
+            timed("decode8", lambda: decode("int8"))
         timed("enc", lambda: torch_forward(x))
         timed("floor", lambda: torch_forward(cap.pixels(photo)))
         timed("enc_rt", lambda: cap.encode(x.unsqueeze(0)))
@@ -122,6 +176,16 @@ def main():
         print(f"  against {name} encoder: forward alone {m[enc]:.1f} ms, load + resize + forward {m[floor]:.1f} ms; "
               f"caption() / (load + resize + forward) = {m['guided'] / m[floor]:.2f}x "
               f"(unguided {m['plain'] / m[floor]:.2f}x), caption() / forward = {m['guided'] / m[enc]:.2f}x")
+        if fast is not None:
+            print(f"    int8 decoder: caption() / (load + resize + forward) = {m['guided8'] / m[floor]:.2f}x "
+                  f"(unguided {m['plain8'] / m[floor]:.2f}x)")
+    print(f"  decoder's share (tags, constraints, beam search: CaptionModel.caption on the photo's features): "
+          f"{m['decode']:.1f} ms of {m['guided']:.1f} ms, {100 * m['decode'] / m['guided']:.0f} %")
+    if fast is not None:
+        print(f"  int8 decoder: caption() beam 3 {m['guided8']:.1f} ms (unguided {m['plain8']:.1f} ms); decoder "
+              f"{m['decode8']:.1f} ms, {100 * m['decode8'] / m['guided8']:.0f} % of caption(); decoder "
+              f"{m['decode'] / m['decode8']:.2f}x faster than float32's, caption() {m['guided'] / m['guided8']:.2f}x")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,15 @@ def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, s
     return scores
 
 
+def decoding_fields(opts: DecodeOptions) -> dict:
+    """How captions were decoded, as scores record it (stored with them, and
+    in evaluate's line): beam size, guidance (and its fallback when guided)
+    and length penalty."""
+    return {"beam_size": opts.beam_size, "guidance_threshold": opts.guidance_threshold,
+            **({"guidance_fallback": opts.guidance_fallback} if opts.guidance_threshold is not None else {}),
+            "length_penalty": opts.length_penalty}
+
+
 def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequence[ImageCaptions], split: str,
                         opts: DecodeOptions, cache, *, model: CaptionModel | None = None, store: bool = False,
                         device: str | torch.device = "cpu", progress: bool = True, captions_out: str | None = None,
@@ -109,9 +118,7 @@ def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequen
         # are kept by name too (a model trained on Flickr8k and COCO is scored on both).
         own = dataset == ckpt.data_config.names()[0]
         save_checkpoint(ckpt.with_scores(split, {
-            "beam_size": opts.beam_size, "guidance_threshold": opts.guidance_threshold,
-            **({"guidance_fallback": opts.guidance_fallback} if opts.guidance_threshold is not None else {}),
-            "length_penalty": opts.length_penalty,
+            **decoding_fields(opts),
             **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}, dataset=dataset, own=own), path)
     return scores
 

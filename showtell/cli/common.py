@@ -280,9 +280,8 @@ def guidance_option(args: argparse.Namespace) -> dict:
         out["guidance_threshold"] = None
     elif args.guidance_threshold is not None:
         out["guidance_threshold"] = args.guidance_threshold
-    fallback = getattr(args, "guidance_fallback", None)
-    if fallback is not None:
-        out["guidance_fallback"] = None if fallback == "none" else fallback
+    if args.guidance_fallback is not None:
+        out["guidance_fallback"] = None if args.guidance_fallback == "none" else args.guidance_fallback
     return out
 
 

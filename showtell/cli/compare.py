@@ -38,6 +38,17 @@ def get_parser(prog: str = "python -m showtell compare") -> argparse.ArgumentPar
     return fill_parser(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
 
 
+def _sides(choice: str | None) -> tuple[bool, bool]:
+    """Whether an a|b|both flag (None: not given) applies to A and to B."""
+    return choice in ("a", "both"), choice in ("b", "both")
+
+
+def _which(choice: str | None, what: str) -> str:
+    """' (A what)', ' (B what)', ' (both what)', or '' for an a|b|both flag not given."""
+    side = {"a": "A", "b": "B", "both": "both"}
+    return f" ({side[choice]} {what})" if choice else ""
+
+
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     scoring_options(args, None)  # a bad flag is a usage error before any model loads
@@ -57,12 +68,10 @@ def run(args: argparse.Namespace) -> int:
     models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(other, device=device)]
     result = compare_split(*models, dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                            device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed,
-                           mirror_average=(args.mirror_average in ("a", "both"), args.mirror_average in ("b", "both")),
-                           decoder_precision=tuple("int8" if args.int8 in (side, "both") else "float32"
-                                                   for side in ("a", "b")))
-    mirrored = {"a": " (A mirror-averaged)", "b": " (B mirror-averaged)", "both": " (both mirror-averaged)"}
-    int8 = {"a": " (A in int8)", "b": " (B in int8)", "both": " (both in int8)"}
-    print(f"A = {args.checkpoint}\nB = {args.other}{mirrored.get(args.mirror_average, '')}{int8.get(args.int8, '')}\n"
+                           mirror_average=_sides(args.mirror_average),
+                           decoder_precision=tuple("int8" if on else "float32" for on in _sides(args.int8)))
+    print(f"A = {args.checkpoint}\nB = {args.other}{_which(args.mirror_average, 'mirror-averaged')}"
+          f"{_which(args.int8, 'in int8')}\n"
           f"{dataset} {args.split}: {result['images']} photos, "
           f"{result['changed_captions']} captions differ; {args.resamples} paired bootstrap draws, 95 % intervals")
     print(f"{'metric':8s} {'A':>22s} {'B':>22s} {'B - A':>24s} {'draws B not ahead':>18s}")

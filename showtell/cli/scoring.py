@@ -109,11 +109,10 @@ def evaluation_line(checkpoint: str, dataset: str, split: str, opts, scores: dic
                     mirror_average: bool = False, decoder_precision: str = "float32") -> dict:
     """The JSON line evaluate (and ``train --test``) prints: what was scored,
     how it was decoded, and the scores (rounded to 2 decimals)."""
-    return {"checkpoint": checkpoint, "dataset": dataset, "split": split, "beam_size": opts.beam_size,
-            "guidance_threshold": opts.guidance_threshold,
-            **({"guidance_fallback": opts.guidance_fallback} if opts.guidance_threshold is not None else {}),
+    from ..evaluation import decoding_fields
+
+    return {"checkpoint": checkpoint, "dataset": dataset, "split": split, **decoding_fields(opts),
             **({"ensemble": list(ensemble)} if ensemble else {}),
             **({"mirror_average": True} if mirror_average else {}),
             **({"decoder_precision": decoder_precision} if decoder_precision != "float32" else {}),
-            "length_penalty": opts.length_penalty,
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}

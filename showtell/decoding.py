@@ -181,16 +181,18 @@ Constraint = Sequence[int]  # a disjunctive set of word ids: the caption must co
 
 @torch.no_grad()
 def beam_search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, start_id: int,
-                unk_id: int, constraints: Sequence[Sequence[Constraint]] | None = None) -> list[list[Hypothesis]]:
+                unk_id: int, constraints: Sequence[Sequence[Constraint]] | None = None,
+                source: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """The ``opts.n_best`` best captions of each image, best first, by beam
     search; with ``constraints[i]`` (image i's constraint sets, possibly none),
     only captions holding a word of each set, as :func:`search` finds them."""
-    return [hyps for hyps, _ in search(decoder, features, opts, end_id, start_id, unk_id, constraints)]
+    return [hyps for hyps, _ in search(decoder, features, opts, end_id, start_id, unk_id, constraints, source)]
 
 
 @torch.no_grad()
 def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, start_id: int, unk_id: int,
-           constraints: Sequence[Sequence[Constraint]] | None = None) -> list[tuple[list[Hypothesis], bool]]:
+           constraints: Sequence[Sequence[Constraint]] | None = None,
+           source: torch.Tensor | None = None) -> list[tuple[list[Hypothesis], bool]]:
     """Beam search, plain or constrained, in one loop: each image's n best
     hypotheses and whether they meet its constraints (False only when no
     caption meeting them finished within ``max_len``: they are then the best
@@ -205,8 +207,18 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
     constraints than the batch's most starts with the missing bits set, so
     its beam is exactly what it would be alone. The k hypotheses of every
     state of every image are rows of one (B*S*k, ...) batch, with no Python
-    loop over images, states or hypotheses."""
-    b, k, dev = features.size(0), opts.beam_size, features.device
+    loop over images, states or hypotheses.
+
+    ``source``: where one image is searched twice (say with and without its
+    constraints), image i of the search reads ``features[source[i]]``, and
+    the decoder's initial state (the image's projections) is made once per
+    row of ``features``, not once per search."""
+    n, k, dev = features.size(0), opts.beam_size, features.device
+    if source is None:
+        source = torch.arange(n, device=dev)
+    elif source.dim() != 1 or (len(source) and not 0 <= int(source.min()) <= int(source.max()) < n):
+        raise ValueError(f"source must index the {n} rows of features, got {source.tolist()}")
+    b = len(source)
     if constraints is not None and len(constraints) != b:
         raise ValueError(f"got constraints for {len(constraints)} images but features for {b}")
     c = max((len(per) for per in constraints or ()), default=0)
@@ -214,7 +226,8 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
         raise ValueError(f"at most {MAX_CONSTRAINTS} constraints per image, got {c}")
     n_states = 1 << c
     final = n_states - 1
-    state = tuple(s.repeat_interleave(n_states * k, dim=0) for s in decoder.init_state(features))  # (B*S*k, ...)
+    image_rows = source.repeat_interleave(n_states * k)
+    state = tuple(s.index_select(0, image_rows) for s in decoder.init_state(features))  # (B*S*k, ...)
     tokens = torch.full((b * n_states * k,), start_id, dtype=torch.long, device=dev)
     seqs = torch.empty((b * n_states * k, 0), dtype=torch.long, device=dev)
     word_bits = None

@@ -208,8 +208,10 @@ class CaptionModel(nn.Module):
                 # the others are decoded apart (batched equals one by one).
                 out: list[list[Hypothesis]] = [[] for _ in range(features.size(0))]
                 extra = rows if unguided_too else []
-                found = beam_search(steps, features[rows + extra], opts, v.end_id, v.start_id, v.unk_id,
-                                    [constraints[i] for i in rows] + [[] for _ in extra])
+                # the unguided searches read the guided ones' images (projected once)
+                source = torch.arange(len(rows), device=features.device).repeat(2) if extra else None
+                found = beam_search(steps, features[rows], opts, v.end_id, v.start_id, v.unk_id,
+                                    [constraints[i] for i in rows] + [[] for _ in extra], source)
                 for i, hyps in zip(rows, found):
                     out[i] = hyps
                 rest = [i for i in range(features.size(0)) if not constraints[i]]

@@ -133,6 +133,26 @@ def test_batched_equals_one_by_one_and_unconstrained_rows_equal_beam_search(deco
     assert [r.hypotheses for r in none] == plain
 
 
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_one_image_searched_twice_through_source_equals_two_copies_of_it(decoder):
+    # The guidance fallback searches each guided image with and without its
+    # constraints; ``source`` lets both searches read one row of features
+    # (projected once) and must find what two copies of the row would.
+    dec = random_decoder(decoder)
+    torch.manual_seed(2)
+    feats = torch.randn(2, 10) if dec.feature_kind == "pooled" else torch.randn(2, 6, 10)
+    opts = DecodeOptions(beam_size=3, n_best=2, max_len=8)
+    constraints = [[(7,)], [(11, 12)], [], []]
+    copies = beam_search(dec, feats[[0, 1, 0, 1]], opts, END, START, UNK, constraints)
+    shared = beam_search(dec, feats, opts, END, START, UNK, constraints, torch.tensor([0, 1, 0, 1]))
+    assert [[h.tokens for h in per] for per in shared] == [[h.tokens for h in per] for per in copies]
+    assert [h.score for per in shared for h in per] == pytest.approx([h.score for per in copies for h in per], abs=1e-5)
+    with pytest.raises(ValueError, match="source must index the 2 rows"):
+        beam_search(dec, feats, opts, END, START, UNK, constraints, torch.tensor([0, 1, 2, 1]))
+    with pytest.raises(ValueError, match="constraints for 4 images but features for 3"):
+        beam_search(dec, feats, opts, END, START, UNK, constraints, torch.tensor([0, 1, 0]))
+
+
 def test_real_model_names_the_cat():
     """The bundled Flickr8k model calls examples/cat.jpg a child with a ball;
     constrained to "cat", its caption says "cat"."""

@@ -109,7 +109,9 @@ def test_generate_dispatches_to_constrained_search_per_image(decoder):
     cat = (v.index["cat"], v.index["cats"])
     ball = (v.index["ball"],)
     mixed = model.generate(feats, opts, [[], [cat], [ball, cat]])
-    assert mixed[0] == plain[0]  # an unconstrained image is decoded as without guidance
+    # an unconstrained image is decoded as without guidance (to float rounding: other batch sizes)
+    assert [h.tokens for h in mixed[0]] == [h.tokens for h in plain[0]]
+    assert [h.logprob for h in mixed[0]] == pytest.approx([h.logprob for h in plain[0]], abs=1e-4)
     for i, constraints in ((1, [cat]), (2, [ball, cat])):
         alone = constrained_beam_search(model.decoder, feats[i:i + 1], opts, v.end_id, v.start_id, v.unk_id,
                                         [constraints])[0]

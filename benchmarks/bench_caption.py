@@ -11,9 +11,10 @@
    decoder's share: the decoder, beam search and tags (CaptionModel.caption on
    the photo's features) as a fraction of caption().
 
-With --int8 the same figures for the int8 decoder (decoder_precision="int8"),
-timed in the same loops as float32's so that their ratio holds under load, and
-how many of its captions differ from float32's. --latency-only skips part 2
+The decoder runs as caption() runs it (decoder_precision="auto": int8 on a
+CPU). With --int8 the main figures are float32's, and the same figures for the
+int8 decoder (decoder_precision="int8") are timed in the same loops so that
+their ratio holds under load, with how many of its captions differ from float32's. --latency-only skips part 2
 and the PyTorch-encoder comparisons (a quick look at part 3).
 
 With ONNX Runtime running the encoder it also captions the photos, and the 80
@@ -68,9 +69,9 @@ def main():
     print(f"fresh process, import + model load: {time.perf_counter() - t:.2f} s")
     t = time.perf_counter()
     cap = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime=args.runtime,
-                    mirror_average=args.mirror_average)
+                    mirror_average=args.mirror_average, decoder_precision="float32" if args.int8 else "auto")
     print(f"model load: {time.perf_counter() - t:.2f} s (target < 3 s); precision {cap.precision}, "
-          f"encoder runtime {cap.runtime}" + (", mirror-averaged features" if cap.mirror_average else ""))
+          f"encoder runtime {cap.runtime}, decoder {cap.decoder_precision}" + (", mirror-averaged features" if cap.mirror_average else ""))
     fast = None
     if args.int8:
         t = time.perf_counter()
@@ -114,7 +115,7 @@ def main():
     reference = None
     if cap.runtime != "torch":
         reference = Captioner(args.checkpoint, batch_size=args.batch_size, precision=args.precision, runtime="torch",
-                              mirror_average=args.mirror_average)
+                              mirror_average=args.mirror_average, decoder_precision=cap.decoder_precision)
         differ = sum(a != b for a, b in zip(batched, reference(paths, beam_size=3)))
         coco = [os.path.join(COCO_MINI, "train2017", name)
                 for name in sorted(os.listdir(os.path.join(COCO_MINI, "train2017")))]
@@ -151,13 +152,13 @@ def latency(args, cap, fast, photo, reference):
         with torch.inference_mode():
             cap.model.caption(feats, guided_opts, enc.pooled, precision=cap.precision, decoder_precision=precision)
 
-    decode("float32")  # warm-up (int8: makes its steps)
+    decode(cap.decoder_precision)  # warm-up (int8: makes its steps)
     if fast is not None:
         decode("int8")
     for _ in range(args.repeats):
         timed("guided", lambda: cap(photo, beam_size=3))
         timed("plain", lambda: cap(photo, beam_size=3, guided=False))
-        timed("decode", lambda: decode("float32"))
+        timed("decode", lambda: decode(cap.decoder_precision))
         if fast is not None:
             timed("guided8", lambda: fast(photo, beam_size=3))
             timed("plain8", lambda: fast(photo, beam_size=3, guided=False))

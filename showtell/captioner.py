@@ -18,9 +18,9 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .confidence import Confidence, caption_confidence, threshold_of
-from .decoders import check_decoder_precision
+from .decoders import check_decoder_precision, resolve_decoder_precision
 from .decoding import DecodeOptions, Hypothesis, resolve_precision
-from .defaults import BEAM_SIZE, GUIDANCE_THRESHOLD
+from .defaults import BEAM_SIZE, DECODER_PRECISION, DECODER_PRECISIONS, GUIDANCE_THRESHOLD
 from .encoders import EncoderOutput
 from .guidance import Tag, WordTag
 from .images import MAX_IMAGE_BYTES, ImageError, _check_max_bytes, load_image
@@ -139,25 +139,28 @@ class Captioner:
     >>> captioner = Captioner()                  # the bundled model
     >>> captioner("photo.jpg")                   # 'a dog runs through the grass'
     >>> captioner(["a.jpg", "b.jpg"], n_best=3)  # [[ScoredCaption, ...], [...]]
-    >>> Captioner(decoder_precision="int8")      # the decoder in int8: faster on a CPU, captions may differ
+    >>> Captioner(decoder_precision="float32")   # the decoder exact (the default, auto, is int8 on a CPU)
     """
 
     def __init__(self, checkpoint: str | None = None, device: str | None = None, batch_size: int = 64,
                  precision: str = "float32", max_image_bytes: int = MAX_IMAGE_BYTES, runtime: str = "auto",
-                 mirror_average: bool = False, decoder_precision: str = "float32"):
+                 mirror_average: bool = False, decoder_precision: str = DECODER_PRECISION):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
         _check_max_bytes(max_image_bytes)
         self.checkpoint = checkpoint or BUNDLED_MODEL
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.precision = resolve_precision(precision, self.device)
-        # The decoder's arithmetic: float32 (exact) or int8 (a CPU's fast path; captions may differ).
-        self.decoder_precision = check_decoder_precision(decoder_precision)
+        # The decoder's arithmetic: float32 (exact) or int8 (a CPU's fast path; captions may
+        # differ, within chance in the three worlds); auto, the default: int8 where it runs.
+        check_decoder_precision(decoder_precision, DECODER_PRECISIONS)
         if decoder_precision == "int8" and (self.precision != "float32" or self.device.type != "cpu"):
             raise ValueError(f"decoder_precision='int8' runs on a CPU with precision='float32' (the encoder's "
                              f"arithmetic), got precision={self.precision!r} on {self.device.type}")
         ckpt = load_checkpoint(self.checkpoint)
         self.model = CaptionModel.from_checkpoint(ckpt, device=self.device)
+        self.decoder_precision = resolve_decoder_precision(decoder_precision, self.device, self.precision,
+                                                           self.model.decoder)
         _check_finite(self.model, self.checkpoint)
         # What the checkpoint says about the model (for a model card): its configs,
         # vocabulary size, encoder weights and any stored val/test scores.

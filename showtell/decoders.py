@@ -26,6 +26,8 @@ from torch import nn
 from .config import ModelConfig, ShowAttendTellConfig, ShowTellConfig
 from .defaults import DECODER_PRECISIONS
 
+STEP_PRECISIONS = ("float32", "int8")  # what decoding_steps makes ("auto" is resolved before)
+
 State = tuple[torch.Tensor, ...]
 
 
@@ -92,10 +94,23 @@ def fed_words(reference: torch.Tensor, previous_logits: torch.Tensor | None, sam
     return torch.where(torch.rand(reference.shape, device=reference.device) < sampling, own, reference)
 
 
-def check_decoder_precision(precision: str) -> str:
-    if precision not in DECODER_PRECISIONS:
-        raise ValueError(f"decoder_precision must be one of {DECODER_PRECISIONS}, got {precision!r}")
+def check_decoder_precision(precision: str, choices: tuple[str, ...] = STEP_PRECISIONS) -> str:
+    if precision not in choices:
+        raise ValueError(f"decoder_precision must be one of {choices}, got {precision!r}")
     return precision
+
+
+def resolve_decoder_precision(precision: str, device: str | torch.device, encoder_precision: str,
+                              decoder: nn.Module) -> str:
+    """The arithmetic the decoder's steps run in: ``precision`` itself, or for
+    "auto" (the default) int8 where it runs (a CPU, ``encoder_precision``
+    float32, a decoder with int8 steps, a quantized engine) and float32
+    elsewhere (:data:`~showtell.defaults.DECODER_PRECISIONS`)."""
+    if check_decoder_precision(precision, DECODER_PRECISIONS) != "auto":
+        return precision
+    if torch.device(device).type != "cpu" or encoder_precision != "float32" or not getattr(decoder, "has_int8", False):
+        return "float32"
+    return "int8" if torch.backends.quantized.engine in _quantized_engines() else "float32"
 
 
 def _quantized_engines() -> list[str]:
@@ -177,6 +192,7 @@ class Int8Linear:
 class ShowTellDecoder(nn.Module):
     config_class = ShowTellConfig
     feature_kind = "pooled"
+    has_int8 = True  # decoding_steps("int8")
     has_attention = False
 
     def __init__(self, cfg: ShowTellConfig, vocab_size: int, feature_dim: int):
@@ -250,6 +266,7 @@ class ShowAttendTellDecoder(nn.Module):
     config_class = ShowAttendTellConfig
     feature_kind = "spatial"
     has_attention = True
+    has_int8 = True  # decoding_steps("int8")
 
     def __init__(self, cfg: ShowAttendTellConfig, vocab_size: int, feature_dim: int):
         super().__init__()

@@ -28,5 +28,9 @@ BOOTSTRAP_RESAMPLES = 1000  # draws of the paired bootstrap (showtell compare, s
 ENCODER_RUNTIMES = ("auto", "torch", "onnxruntime")
 # The decoder's arithmetic at inference (showtell.decoders): float32 (exact: the
 # decoder's own numbers) or int8 (on a CPU its matrix products read a quarter of
-# the bytes; captions may differ, see tests/test_int8.py for how much).
-DECODER_PRECISIONS = ("float32", "int8")
+# the bytes; captions may differ, see tests/test_int8.py for how much). auto,
+# the default, is int8 where it runs (a CPU, the encoder in float32, a decoder
+# with int8 steps: not an ensemble), else float32: int8 loses no caption quality
+# beyond chance in the three worlds (docs/speed.md) and the decoder is ~2x faster.
+DECODER_PRECISIONS = ("auto", "float32", "int8")
+DECODER_PRECISION = "auto"

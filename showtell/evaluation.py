@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .checkpoint import Checkpoint, save_checkpoint
 from .datasets import ImageCaptions
 from .decoding import DecodeOptions
-from .defaults import BOOTSTRAP_RESAMPLES
+from .decoders import resolve_decoder_precision
+from .defaults import BOOTSTRAP_RESAMPLES, DECODER_PRECISION
 from .features import split_features
 from .metrics import bleu_scores, coco_caption_scores
 from .model import CaptionModel
@@ -29,13 +30,14 @@ from .text import tokenize
 
 def caption_features(model, features: np.ndarray | torch.Tensor, opts: DecodeOptions, batch_size: int = 250,
                      device: str | torch.device = "cpu", progress: bool = False,
-                     pooled: np.ndarray | None = None, decoder_precision: str = "float32") -> list[list[str]]:
+                     pooled: np.ndarray | None = None, decoder_precision: str = DECODER_PRECISION) -> list[list[str]]:
     """Best caption (as words) for each row of decoder features (cached, so
     possibly a float16 memory map), decoded in float32 by
     :meth:`~showtell.model.CaptionModel.caption`, as caption() decodes. With
     ``opts.guidance_threshold`` set, ``pooled`` (the same rows' pooled features)
-    gives the ImageNet tags that guide them. ``decoder_precision``: float32
-    (caption()'s default) or int8 (:data:`showtell.decoders.DECODER_PRECISIONS`)."""
+    gives the ImageNet tags that guide them. ``decoder_precision``: auto
+    (caption()'s default: int8 on a CPU), float32 or int8
+    (:func:`showtell.decoders.resolve_decoder_precision`)."""
     guided = opts.guidance_threshold is not None
     if guided and pooled is None:
         raise ValueError("guided captions (opts.guidance_threshold) need the pooled features for their tags")
@@ -69,7 +71,7 @@ def write_captions(path: str, items: Sequence[ImageCaptions], captions: Sequence
 def evaluate_split(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
                    captions_out: str | None = None, examples: int = 0, mirror_average: bool = False,
-                   decoder_precision: str = "float32") -> dict:
+                   decoder_precision: str = DECODER_PRECISION) -> dict:
     """The field's caption metrics of the model's captions for ``items``
     (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D: :func:`showtell.metrics.coco_caption_scores`)
     and the number of images scored; optionally writes the captions as JSON,
@@ -98,7 +100,7 @@ def decoding_fields(opts: DecodeOptions) -> dict:
 def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequence[ImageCaptions], split: str,
                         opts: DecodeOptions, cache, *, model: CaptionModel | None = None, store: bool = False,
                         device: str | torch.device = "cpu", progress: bool = True, captions_out: str | None = None,
-                        examples: int = 0, mirror_average: bool = False, decoder_precision: str = "float32") -> dict:
+                        examples: int = 0, mirror_average: bool = False, decoder_precision: str = DECODER_PRECISION) -> dict:
     """Score the checkpoint ``ckpt`` (read from ``path``) on ``items``, the
     ``split`` of ``dataset``: :func:`evaluate_split`'s scores of its captions,
     decoded with ``opts``. ``model``: what captions instead of ``ckpt``'s own
@@ -106,10 +108,12 @@ def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequen
     checkpoint file, under the dataset's name (and as the model's own
     SPLIT_scores when it is the first dataset the model was trained on, where
     the web page's model card reads them). ``decoder_precision``: the
-    decoder's arithmetic (:func:`caption_features`). What ``showtell evaluate``
-    and ``train.py --test`` do once their flags are checked."""
+    decoder's arithmetic (:func:`caption_features`; stored with the scores as
+    it resolved). What ``showtell evaluate`` and ``train.py --test`` do once
+    their flags are checked."""
     if model is None:
         model = CaptionModel.from_checkpoint(ckpt, device=device)
+    decoder_precision = resolve_decoder_precision(decoder_precision, device, "float32", model.decoder)
     scores = evaluate_split(model, dataset, items, cache, split, opts, device=device, progress=progress,
                             captions_out=captions_out, examples=examples, mirror_average=mirror_average,
                             decoder_precision=decoder_precision)
@@ -118,7 +122,7 @@ def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequen
         # are kept by name too (a model trained on Flickr8k and COCO is scored on both).
         own = dataset == ckpt.data_config.names()[0]
         save_checkpoint(ckpt.with_scores(split, {
-            **decoding_fields(opts),
+            **decoding_fields(opts), "decoder_precision": decoder_precision,
             **{k: v for k, v in scores.items() if k not in ("examples", "notes")}}, dataset=dataset, own=own), path)
     return scores
 
@@ -126,7 +130,7 @@ def evaluate_checkpoint(path: str, ckpt: Checkpoint, dataset: str, items: Sequen
 def split_captions(model, dataset: str, items: Sequence[ImageCaptions], cache, split: str, opts: DecodeOptions,
                    device: str | torch.device = "cpu", progress: bool = True,
                    mirror_average: bool = False,
-                   decoder_precision: str = "float32") -> tuple[Sequence[ImageCaptions], list[list[str]]]:
+                   decoder_precision: str = DECODER_PRECISION) -> tuple[Sequence[ImageCaptions], list[list[str]]]:
     """The items whose features could be made (a photo that cannot be read
     is left out, as in training) and the model's caption (words) of each;
     ``mirror_average``: from features averaged with the mirror image's;
@@ -142,7 +146,7 @@ def compare_split(model_a, model_b, dataset: str, items: Sequence[ImageCaptions]
                   opts: DecodeOptions | tuple[DecodeOptions, DecodeOptions], device: str | torch.device = "cpu",
                   progress: bool = True, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
                   mirror_average: tuple[bool, bool] = (False, False),
-                  decoder_precision: tuple[str, str] = ("float32", "float32")) -> dict:
+                  decoder_precision: tuple[str, str] = (DECODER_PRECISION, DECODER_PRECISION)) -> dict:
     """Two models' captions of the same photos, compared by the paired
     bootstrap (:func:`showtell.significance.paired_bootstrap`): BLEU-4,
     CIDEr-D and ROUGE-L of each, B - A and their 95 % intervals.

@@ -33,7 +33,8 @@ from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from .config import DataConfig, ModelConfig, TrainConfig
-from .decoders import build_decoder
+from .decoders import build_decoder, resolve_decoder_precision
+from .defaults import DECODER_PRECISION
 from .decoding import Constraint, DecodeOptions, Hypothesis, autocast, beam_search, greedy_decode, sample
 from .encoders import EncoderOutput, build_encoder
 from .guidance import GuidanceMap, Tag, WordTag, confident_constraints
@@ -113,7 +114,7 @@ class CaptionModel(nn.Module):
     @torch.no_grad()
     def caption(self, features: torch.Tensor, opts: DecodeOptions, pooled: torch.Tensor | None = None, *,
                 attention: bool = False, precision: str = "float32",
-                decoder_precision: str = "float32") -> list[Captions]:
+                decoder_precision: str = DECODER_PRECISION) -> list[Captions]:
         """The captions of encoded images: everything after the encoder, in one
         place, so caption(), explain(), evaluate, the web page and the
         benchmarks give the same captions from the same features.
@@ -127,8 +128,10 @@ class CaptionModel(nn.Module):
         attention behind each word of each image's best caption (a decoder
         with attention). ``precision``: the decoder's arithmetic
         (:func:`~showtell.decoding.autocast`; the tags and attention maps are float32).
-        ``decoder_precision``: "float32" (exact) or "int8" (the decoder's steps
-        read int8 weights on a CPU: :data:`~showtell.decoders.DECODER_PRECISIONS`)."""
+        ``decoder_precision``: "float32" (exact), "int8" (the decoder's steps
+        read int8 weights on a CPU) or "auto", int8 where it runs
+        (:func:`~showtell.decoders.resolve_decoder_precision`)."""
+        decoder_precision = resolve_decoder_precision(decoder_precision, features.device, precision, self.decoder)
         guided = opts.guidance_threshold is not None
         if guided and pooled is None:
             raise ValueError("guided captions (opts.guidance_threshold) need the pooled features for their tags")

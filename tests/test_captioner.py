@@ -108,8 +108,9 @@ def test_readme_example_with_the_bundled_model():
 
 
 def test_default_precision_gives_evaluates_captions(flickr8k_root):
-    """caption() and evaluate decode the same way by default: float32 end to
-    end, so the figures `evaluate` reports are what a user gets."""
+    """caption() and evaluate decode the same way by default (the encoder in
+    float32, the decoder's int8 steps on a CPU), so the figures `evaluate`
+    reports are what a user gets."""
     from showtell.datasets import read_flickr8k
     from showtell.decoding import DecodeOptions
     from showtell.evaluation import caption_features
@@ -119,7 +120,8 @@ def test_default_precision_gives_evaluates_captions(flickr8k_root):
 
     cap = Captioner()
     assert cap.precision == "float32"
-    fused = cap.model.decoder._fused["float32"][1]
+    assert cap.decoder_precision == "int8"
+    fused = cap.model.decoder._fused["int8"][1]
     assert isinstance(fused, FusedAttendSteps)  # made at load: caption() and evaluate both decode through it
     items = read_flickr8k(flickr8k_root, "test")[:8]
     fs = FeatureCache().get("flickr8k", "test", items, cap.model.encoder, num_workers=0, progress=False)
@@ -131,7 +133,7 @@ def test_default_precision_gives_evaluates_captions(flickr8k_root):
     plain = caption_features(cap.model, fs.for_decoder(cap.model.feature_kind), DecodeOptions(beam_size=3))
     assert cap([it.path for it in items], beam_size=3, guided=False) == [" ".join(c) for c in plain]
     with torch.no_grad():
-        assert cap.model.decoder.decoding_steps() is fused  # captioning changed no weight: never remade
+        assert cap.model.decoder.decoding_steps("int8") is fused  # captioning changed no weight: never remade
 
 
 def test_explain_returns_one_attention_map_per_word():

@@ -207,7 +207,7 @@ def test_evaluate_store_records_the_split_scores_in_the_checkpoint(tmp_path, mon
     assert back.scores == {"val": {"bleu4": 5.0},
                            "test": {"beam_size": 2, "guidance_threshold": GUIDANCE_THRESHOLD,
                                     "guidance_fallback": GUIDANCE_FALLBACK, "length_penalty": 1.0,
-                                    "bleu4": 9.5, "cider": 20.0, "images": 2}}
+                                    "decoder_precision": "int8", "bleu4": 9.5, "cider": 20.0, "images": 2}}
     for k, v in model.decoder.state_dict().items():
         assert torch.equal(back.decoder[k], v), k
     assert isinstance(back, Checkpoint) and back.data_config == data_cfg

@@ -228,11 +228,15 @@ def test_evaluation_guides_cached_rows_as_caption_does():
     opts = DecodeOptions(beam_size=2, max_len=6, guidance_threshold=0.01)
     constraints = model.constraints(model.word_tags(pooled), 0.01)
     assert any(constraints)  # the random head is confident enough of something at 1%
-    expected = [model.vocab.decode(h[0].tokens) for h in model.generate(spatial, opts, constraints)]
+    # evaluation decodes as caption() does by default on a CPU: int8 steps (batches of 3 or 4, the same captions)
+    expected = [model.vocab.decode(h[0].tokens)
+                for h in model.generate(spatial, opts, constraints, decoder_precision="int8")]
     got = caption_features(model, spatial.numpy(), opts, batch_size=3, pooled=pooled.numpy())
     assert got == expected
     assert caption_features(model, spatial.numpy(), replace(opts, guidance_threshold=None)) == \
-        [model.vocab.decode(h[0].tokens) for h in model.generate(spatial, opts)]
+        [model.vocab.decode(h[0].tokens) for h in model.generate(spatial, opts, decoder_precision="int8")]
+    exact = caption_features(model, spatial.numpy(), opts, pooled=pooled.numpy(), decoder_precision="float32")
+    assert exact == [model.vocab.decode(h[0].tokens) for h in model.generate(spatial, opts, constraints)]
     with pytest.raises(ValueError, match="pooled"):
         caption_features(model, spatial.numpy(), opts)
 
@@ -265,7 +269,8 @@ def test_caption_method_is_tags_then_constraints_then_search_with_attention():
     constraints = model.constraints(tags, threshold)
     assert any(constraints) and not all(constraints)  # a mixed batch: guided and plain images
     found = model.caption(spatial, opts, pooled, attention=True)
-    assert [f.hypotheses for f in found] == model.generate(spatial, opts, constraints)
+    # caption()'s default decoder on a CPU is int8 (decoder_precision="auto")
+    assert [f.hypotheses for f in found] == model.generate(spatial, opts, constraints, decoder_precision="int8")
     assert [f.tags for f in found] == tags and [f.constraints for f in found] == constraints
     for f in found:
         assert f.meets(f.hypotheses[0]) or not f.constraints
@@ -273,7 +278,7 @@ def test_caption_method_is_tags_then_constraints_then_search_with_attention():
         assert torch.allclose(f.attention.sum(dim=1), torch.ones(len(f.hypotheses[0].tokens)), atol=1e-5)
     # unguided: the same tags, no constraints, plain search; no attention unless asked
     plain = model.caption(spatial, replace(opts, guidance_threshold=None), pooled)
-    assert [f.hypotheses for f in plain] == model.generate(spatial, opts)
+    assert [f.hypotheses for f in plain] == model.generate(spatial, opts, decoder_precision="int8")
     assert [f.tags for f in plain] == tags and all(f.constraints == [] and f.attention is None for f in plain)
     with pytest.raises(ValueError, match="pooled"):
         model.caption(spatial, opts)

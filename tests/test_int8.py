@@ -99,14 +99,29 @@ def test_an_int8_product_reads_each_row_on_its_own_range():
     assert product(torch.zeros(2, 32)).sub(bias).abs().max() < 1e-5  # a flat row: exactly the bias
 
 
-def test_float32_is_the_default(bundled):
-    cap, _, _ = bundled
-    assert cap.decoder_precision == "float32"
+def test_auto_is_the_default_int8_on_a_cpu_and_float32_elsewhere(bundled, monkeypatch):
+    from showtell import decoders
+    from showtell.decoders import resolve_decoder_precision
+    from showtell.ensemble import EnsembleDecoder
+
+    cap, enc, best = bundled
+    assert cap.decoder_precision == "int8"  # Captioner() on a CPU with the float32 encoder
     dec = cap.model.decoder
+    # CaptionModel.caption() resolves auto the same way: its default captions are int8's
+    found = cap.model.caption(enc.for_decoder(cap.model.feature_kind), cap.options(guided=True), enc.pooled)
+    assert [f.hypotheses[0] for f in found] == best[True, "int8"]
+    assert resolve_decoder_precision("auto", "cuda", "float32", dec) == "float32"
+    assert resolve_decoder_precision("auto", "cpu", "bfloat16", dec) == "float32"
+    assert resolve_decoder_precision("auto", "cpu", "float32", EnsembleDecoder([dec, dec])) == "float32"
+    assert resolve_decoder_precision("float32", "cpu", "float32", dec) == "float32"
+    monkeypatch.setattr(decoders, "_quantized_engines", lambda: [])
+    assert resolve_decoder_precision("auto", "cpu", "float32", dec) == "float32"  # no quantized engine
     with torch.no_grad():
-        # caption(), generate() and decoding_steps() default to the float32 steps made at load
+        # the low-level generate() and decoding_steps() stay exact unless asked
         assert dec.decoding_steps() is dec.decoding_steps("float32") is dec._fused["float32"][1]
         assert dec.decoding_steps().precision == "float32"
+        with pytest.raises(ValueError, match="decoder_precision must be one of"):
+            dec.decoding_steps("auto")  # resolved before the steps are made
 
 
 def test_a_bad_decoder_precision_names_the_option():

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from ..config import DataConfig
 from ..datasets import DatasetError, resolve_sources
-from ..defaults import DECODER_PRECISIONS, ENCODER_RUNTIMES, LENGTH_PENALTY
+from ..defaults import DECODER_PRECISION, DECODER_PRECISIONS, ENCODER_RUNTIMES, LENGTH_PENALTY
 from ..runfolder import RunFolderError
 
 # Exit statuses (docs/command-line.md).
@@ -306,10 +306,11 @@ def add_encoder_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def add_decoder_precision(p: argparse.ArgumentParser, what: str) -> None:
-    """--decoder-precision float32|int8 (help: ``what`` may differ in int8)."""
-    p.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default="float32",
-                   help=f"the decoder's arithmetic: float32 (exact, the default) or int8 (on a CPU: the decoder "
-                        f"reads a quarter of the bytes, faster; {what} may differ from float32's)")
+    """--decoder-precision auto|float32|int8 (help: ``what`` may differ in int8)."""
+    p.add_argument("--decoder-precision", choices=DECODER_PRECISIONS, default=DECODER_PRECISION,
+                   help=f"the decoder's arithmetic: auto (the default, as caption(): int8 on a CPU, else float32), "
+                        f"float32 (exact) or int8 (the decoder reads a quarter of the bytes, about twice as fast; "
+                        f"{what} may differ from float32's, within chance in the three worlds)")
 
 
 def check_int8_device(int8: bool, device: str, flag: str) -> None:

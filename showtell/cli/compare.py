@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..defaults import BOOTSTRAP_RESAMPLES
+from ..defaults import BOOTSTRAP_RESAMPLES, DECODER_PRECISION
 from ..metric_registry import label as metric_label
 from .common import OK, check_checkpoint_file, check_device, check_int8_device, positive
 from .scoring import add_scoring_flags, data_overrides, scoring_items, scoring_options
@@ -28,7 +28,8 @@ def fill_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="caption A's, B's or both models' photos from features averaged with the mirror image's "
                         "(compare a model with itself: showtell compare M M --mirror-average b)")
     p.add_argument("--int8", choices=("a", "b", "both"), default=None,
-                   help="decode A's, B's or both models' captions with int8 weights (--decoder-precision int8; "
+                   help="decode A's, B's or both models' captions with int8 weights and the other's in float32 "
+                        "(default: both as caption() decodes, int8 on a CPU; "
                         "int8 against float32: showtell compare M M --int8 b)")
     return p
 
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.other)
 
     from ..checkpoint import read_checkpoint
+    from ..decoders import resolve_decoder_precision
     from ..evaluation import compare_split
     from ..features import FeatureCache
     from ..model import CaptionModel
@@ -66,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
     opts = (scoring_options(args, ckpt), scoring_options(args, other))
     dataset, items = scoring_items(ckpt, args.checkpoint, args.split, args.data, data_overrides(args))
     models = [CaptionModel.from_checkpoint(ckpt, device=device), CaptionModel.from_checkpoint(other, device=device)]
+    requested = (tuple("int8" if on else "float32" for on in _sides(args.int8)) if args.int8
+                 else (DECODER_PRECISION, DECODER_PRECISION))
+    precisions = tuple(resolve_decoder_precision(r, device, "float32", m.decoder) for r, m in zip(requested, models))
     result = compare_split(*models, dataset, items, FeatureCache(args.cache_dir), args.split, opts,
                            device=device, progress=not args.no_progress, resamples=args.resamples, seed=args.seed,
                            mirror_average=_sides(args.mirror_average),
-                           decoder_precision=tuple("int8" if on else "float32" for on in _sides(args.int8)))
+                           decoder_precision=precisions)
     print(f"A = {args.checkpoint}\nB = {args.other}{_which(args.mirror_average, 'mirror-averaged')}"
           f"{_which(args.int8, 'in int8')}\n"
           f"{dataset} {args.split}: {result['images']} photos, "
@@ -87,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
                       "guidance_fallback": [o.guidance_fallback for o in opts],
                       "length_penalty": opts[0].length_penalty, "seed": args.seed,
                       **({"mirror_average": args.mirror_average} if args.mirror_average else {}),
+                      "decoder_precision": list(precisions),
                       **({"int8": args.int8} if args.int8 else {}), **result}))
     return OK

@@ -7,6 +7,7 @@ import json
 
 from .common import (OK, UsageError, add_decoder_precision, check_checkpoint_file, check_device, check_int8_device,
                      check_output_file, count)
+from ..defaults import DECODER_PRECISION
 from .scoring import add_scoring_flags, data_overrides, evaluation_line, scoring_items, scoring_options
 
 SUMMARY = "score a checkpoint on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr-D)"
@@ -41,8 +42,9 @@ def get_parser(prog: str = "python -m showtell evaluate") -> argparse.ArgumentPa
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     scoring_options(args, None)  # a bad flag is a usage error before any model loads
-    int8 = args.decoder_precision != "float32"
-    if args.store and (args.ensemble or args.length_penalty is not None or args.mirror_average or int8):
+    int8 = args.decoder_precision == "int8"
+    if args.store and (args.ensemble or args.length_penalty is not None or args.mirror_average
+                       or args.decoder_precision != DECODER_PRECISION):
         raise UsageError("--store records the checkpoint's own scores at the default decoding: "
                          "leave out --ensemble, --length-penalty, --mirror-average and --decoder-precision")
     if args.ensemble and int8:
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
 
     from ..checkpoint import read_checkpoint
+    from ..decoders import resolve_decoder_precision
     from ..evaluation import evaluate_checkpoint
     from ..features import FeatureCache
     from ..model import CaptionModel
@@ -69,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
                                                      for p in args.ensemble])
         except ValueError as e:
             raise UsageError(f"--ensemble: {e}") from None
+    precision = resolve_decoder_precision(args.decoder_precision, device, "float32", model.decoder)
     scores = evaluate_checkpoint(args.checkpoint, ckpt, name, items, args.split, opts, FeatureCache(args.cache_dir),
                                  model=model, store=args.store, device=device, progress=not args.no_progress,
                                  captions_out=args.output, examples=args.show, mirror_average=args.mirror_average,
-                                 decoder_precision=args.decoder_precision)
+                                 decoder_precision=precision)
     for image_id, ours, reference in scores.pop("examples", []):
         print(f"{image_id}\n  showtell:  {ours}\n  reference: {reference}")
     print(json.dumps(evaluation_line(args.checkpoint, name, args.split, opts, scores, args.ensemble,
-                                     args.mirror_average, args.decoder_precision)))
+                                     args.mirror_average, precision)))
     return OK

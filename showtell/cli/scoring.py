@@ -108,11 +108,12 @@ def scoring_items(ckpt, checkpoint: str, split: str, data: str | None = None, ov
 def evaluation_line(checkpoint: str, dataset: str, split: str, opts, scores: dict, ensemble=(),
                     mirror_average: bool = False, decoder_precision: str = "float32") -> dict:
     """The JSON line evaluate (and ``train --test``) prints: what was scored,
-    how it was decoded, and the scores (rounded to 2 decimals)."""
+    how it was decoded (``decoder_precision`` as it resolved), and the scores
+    (rounded to 2 decimals)."""
     from ..evaluation import decoding_fields
 
     return {"checkpoint": checkpoint, "dataset": dataset, "split": split, **decoding_fields(opts),
             **({"ensemble": list(ensemble)} if ensemble else {}),
             **({"mirror_average": True} if mirror_average else {}),
-            **({"decoder_precision": decoder_precision} if decoder_precision != "float32" else {}),
+            "decoder_precision": decoder_precision,
             **{k: round(v, 2) if isinstance(v, float) else v for k, v in scores.items()}}

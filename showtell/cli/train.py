@@ -107,6 +107,8 @@ def score_test_splits(out: str, datasets: Sequence[str], device: str, cache_dir:
     line, write its captions to ``out``/test_captions[_NAME].json, and store
     the first one's scores in best.pt."""
     from ..checkpoint import read_checkpoint
+    from ..decoders import resolve_decoder_precision
+    from ..defaults import DECODER_PRECISION
     from ..evaluation import evaluate_checkpoint
     from ..features import FeatureCache
     from ..model import CaptionModel
@@ -116,14 +118,16 @@ def score_test_splits(out: str, datasets: Sequence[str], device: str, cache_dir:
     ckpt = read_checkpoint(best)
     model = CaptionModel.from_checkpoint(ckpt, device=device)
     opts = caption_options(ckpt)
+    precision = resolve_decoder_precision(DECODER_PRECISION, device, "float32", model.decoder)
     for i, spec in enumerate(datasets or [None]):
         name = "" if spec is None else f"_{parse_dataset_spec(spec).name}"
         captions_out = os.path.join(out, f"test_captions{name}.json")
         check_output_file(captions_out, "--output")
         dataset, items = scoring_items(ckpt, best, "test", spec)
         scores = evaluate_checkpoint(best, ckpt, dataset, items, "test", opts, FeatureCache(cache_dir), model=model,
-                                     store=i == 0, device=device, progress=progress, captions_out=captions_out)
-        print(json.dumps(evaluation_line(best, dataset, "test", opts, scores)))
+                                     store=i == 0, device=device, progress=progress, captions_out=captions_out,
+                                     decoder_precision=precision)
+        print(json.dumps(evaluation_line(best, dataset, "test", opts, scores, decoder_precision=precision)))
 
 
 def check_run_folder(out: str, files: Sequence[str] = RUN_FILES) -> None:

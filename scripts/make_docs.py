@@ -243,9 +243,11 @@ def bundled_model() -> str:
     m = card.get("model_config", {})
     decoder = {"show_attend_tell": "Show-Attend-Tell", "show_tell": "NIC (Show and Tell)"}.get(m.get("decoder"),
                                                                                              m.get("decoder"))
+    scst = card.get("train_config", {}).get("objective") == "scst"
     return (f"The bundled model (`{BUNDLED}`): {m.get('encoder')} encoder (frozen), {decoder} decoder "
-            f"(hidden size {m.get('hidden_dim')}), trained on {_data_text(card.get('data_config', {}))}; "
-            f"a vocabulary of {card['vocab_size']:,} words.\n")
+            f"(hidden size {m.get('hidden_dim')}), trained on {_data_text(card.get('data_config', {}))}"
+            + (" by cross-entropy, then self-critical training (CIDEr-D rewards)" if scst else "")
+            + f"; a vocabulary of {card['vocab_size']:,} words.\n")
 
 
 @block("model-card")
@@ -268,8 +270,16 @@ def _evaluate(flags: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-# (photos, decoding, evaluate's flags): the README's scores table
-DEFAULT_DECODING = "beam 3, guided (threshold 0.5, fallback 0.5), length penalty 1: the default"
+def _default_decoding() -> str:
+    """caption()'s default decoding of the bundled model, in words."""
+    cap = _captioner()
+    d = cap.defaults
+    return (f"beam {d.beam_size}, guided (threshold {d.guidance_threshold:g}, fallback {d.guidance_fallback:g}), "
+            f"length penalty {d.length_penalty:g}, {cap.decoder_precision} decoder: the default")
+
+
+# (photos, decoding, evaluate's flags): the README's scores table (None: the default decoding)
+DEFAULT_DECODING = None
 RESULT_ROWS = [
     ("Flickr8k test (1,000)", DEFAULT_DECODING, ["--data", "../shared/data/flickr8k", "--split", "test"]),
     ("Flickr8k test (1,000)", "greedy, unguided",
@@ -287,7 +297,7 @@ def results() -> str:
     for photos, decoding, flags in RESULT_ROWS:
         r = _evaluate(flags)
         cells = [f"{r[k]:.1f}" if r.get(k) is not None else "-" for k in ("bleu4", "meteor", "rouge_l", "cider")]
-        lines.append(f"| {photos} | {decoding} | {' | '.join(cells)} | {r['distinct_captions']:.1f} % | "
+        lines.append(f"| {photos} | {decoding or _default_decoding()} | {' | '.join(cells)} | {r['distinct_captions']:.1f} % | "
                      f"`{' '.join(flags)}` |")
     return "\n".join(lines) + "\n"
 

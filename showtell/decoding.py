@@ -240,6 +240,18 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
     n_finished = torch.zeros(b, dtype=torch.long, device=dev)
     capped = None
     into = None
+    # Images still searched (bc of the b), by their index: an image with no hypothesis
+    # left (done, or nothing alive) leaves the batch, so its rows stop costing a step.
+    bc, active = b, None
+
+    def full(x: torch.Tensor, fill) -> torch.Tensor:
+        """A per-image result of the images still searched, as one of all b images."""
+        if active is None:
+            return x
+        out = x.new_full((b,) + tuple(x.shape[1:]), fill)
+        out[active] = x
+        return out
+
     for t in range(opts.max_len + 1):
         logits, state = decoder.step(tokens, state)
         logp = constrain(logits.float().log_softmax(-1), seqs, opts, end_id, unk_id)  # (B*S*k, V)
@@ -251,22 +263,23 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
             # state, then for each destination state whether a source's word leads there.
             dest = states.view(1, n_states, 1) | word_bits.unsqueeze(1)  # (B, S_src, V)
             into = (dest.unsqueeze(1) == states.view(1, n_states, 1, 1)).unsqueeze(3)  # (B, S_dst, S_src, 1, V)
-        cand = scores.unsqueeze(-1) + logp.view(b, n_states, k, v)  # (B, S_src, k, V)
+        cand = scores.unsqueeze(-1) + logp.view(bc, n_states, k, v)  # (B, S_src, k, V)
         if t == opts.max_len:
             # At the cap, each alive hypothesis either ends here or is cut without <end>.
             end_lp = cand[..., end_id]  # (B, S, k)
             ended = torch.isfinite(end_lp)
             lp = torch.where(ended, end_lp, scores)
             length = torch.where(ended, t + 1, t).float()
-            fin_tokens.append(seqs.view(b, n_states, k, t))
-            fin_logprob.append(torch.where(torch.isfinite(scores), lp, NEG_INF))
-            fin_score.append(fin_logprob[-1] / length ** opts.length_penalty)
-            capped = ~ended
+            fin_tokens.append(full(seqs.view(bc, n_states, k, t), -1))
+            lp = torch.where(torch.isfinite(scores), lp, NEG_INF)
+            fin_logprob.append(full(lp, NEG_INF))
+            fin_score.append(full(lp / length ** opts.length_penalty, NEG_INF))
+            capped = full(~ended, False)
             break
         if c:
             # Each destination state's candidates from every source state, as one row.
             cand = torch.where(into, cand.unsqueeze(1), NEG_INF)  # (B, S_dst, S_src, k, V)
-        cand = cand.view(b, n_states, n_states * k * v)  # one state: every candidate stays in it
+        cand = cand.view(bc, n_states, n_states * k * v)  # one state: every candidate stays in it
         top_lp, top_idx = cand.topk(min(2 * k, n_states * k * v), dim=2)  # (B, S, 2k)
         src_hyp, word = top_idx // v, top_idx % v  # src_hyp = src_state * k + beam
         is_end = word == end_id
@@ -275,21 +288,32 @@ def search(decoder, features: torch.Tensor, opts: DecodeOptions, end_id: int, st
         fin_mask = is_end[..., :k] & torch.isfinite(top_lp[..., :k])
         fin_lp = torch.where(fin_mask, top_lp[..., :k], NEG_INF)
         fin_rows = (base + src_hyp[..., :k]).view(-1)
-        fin_tokens.append(seqs[fin_rows].view(b, n_states, k, t))
-        fin_logprob.append(fin_lp)
-        fin_score.append(fin_lp / float(t + 1) ** opts.length_penalty)
+        fin_tokens.append(full(seqs[fin_rows].view(bc, n_states, k, t), -1))
+        fin_logprob.append(full(fin_lp, NEG_INF))
+        fin_score.append(full(fin_lp / float(t + 1) ** opts.length_penalty, NEG_INF))
         n_finished += fin_mask[:, final].sum(dim=1)
         # Each state's k best candidates that do not end carry on.
         alive_lp = torch.where(is_end, NEG_INF, top_lp)
         alive_lp, order = alive_lp.topk(k, dim=2)  # (B, S, k)
-        alive_lp = torch.where((n_finished >= k).view(b, 1, 1), NEG_INF, alive_lp)  # image done
+        alive_lp = torch.where((n_finished >= k).view(bc, 1, 1), NEG_INF, alive_lp)  # image done
         rows = (base + src_hyp.gather(2, order)).view(-1)
         tokens = word.gather(2, order).view(-1)
         seqs = torch.cat([seqs[rows], tokens.unsqueeze(1)], dim=1)
         state = decoder.reorder_state(state, rows)
         scores = alive_lp
-        if not bool(torch.isfinite(scores).any()):
+        searched = torch.isfinite(scores).flatten(1).any(dim=1)  # (bc,) images with a hypothesis left
+        left = int(searched.sum())
+        if not left:
             break
+        if bc - left >= max(1, bc // 8):  # enough rows to drop to pay for copying the others'
+            keep = searched.nonzero().squeeze(1)
+            kept_rows = (keep.view(-1, 1) * (n_states * k) + torch.arange(n_states * k, device=dev)).view(-1)
+            state = tuple(s.index_select(0, kept_rows) for s in state)
+            tokens, seqs, scores, n_finished = tokens[kept_rows], seqs[kept_rows], scores[keep], n_finished[keep]
+            into = into[keep] if into is not None else None
+            active = keep if active is None else active[keep]
+            bc = len(keep)
+            base = (torch.arange(bc, device=dev) * n_states * k).view(bc, 1, 1)
     # Every finished hypothesis of every step; per image the n best of the final
     # state, or, where it has none, the n best of any state.
     width = max(x.size(3) for x in fin_tokens)

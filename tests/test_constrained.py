@@ -153,6 +153,39 @@ def test_one_image_searched_twice_through_source_equals_two_copies_of_it(decoder
         beam_search(dec, feats, opts, END, START, UNK, constraints, torch.tensor([0, 1, 0]))
 
 
+@pytest.mark.parametrize("decoder", list(DECODERS))
+def test_images_with_nothing_left_to_search_leave_the_batch_and_change_no_caption(decoder):
+    # A batch's images finish at different steps; one with no hypothesis left
+    # leaves the batch (its rows stop costing a step), and every image's
+    # captions stay what it gets alone.
+    dec = random_decoder(decoder)
+    with torch.no_grad():
+        dec.out.bias[END] = 0.3  # captions of a few words, ending at different steps
+    rows = []
+
+    class Counting:
+        def init_state(self, features):
+            return dec.init_state(features)
+
+        def step(self, tokens, state):
+            rows.append(len(tokens))
+            return dec.step(tokens, state)
+
+        def reorder_state(self, state, order):
+            return dec.reorder_state(state, order)
+
+    torch.manual_seed(3)
+    feats = torch.randn(8, 10) if dec.feature_kind == "pooled" else torch.randn(8, 6, 10)
+    opts = DecodeOptions(beam_size=3, n_best=2, max_len=12)
+    constraints = [[(7,)], [], [(11, 12)], [], [], [(25,)], [], []]
+    together = beam_search(Counting(), feats, opts, END, START, UNK, constraints)
+    assert rows[0] == 8 * 2 * 3 and rows[-1] < rows[0] / 2  # the batch shrank as images finished
+    for i in range(8):
+        alone = beam_search(dec, feats[i:i + 1], opts, END, START, UNK, [constraints[i]])[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in together[i]], abs=1e-5)
+
+
 def test_real_model_names_the_cat():
     """The bundled Flickr8k model calls examples/cat.jpg a child with a ball;
     constrained to "cat", its caption says "cat"."""

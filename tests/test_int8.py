@@ -16,12 +16,12 @@ from showtell.decoding import DecodeOptions, beam_search
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tolerance int8 is held to on real photos (beam 3, guided, caption()'s
-# defaults): measured on the first 100 Flickr8k test photos, 90 guided and 93
+# defaults): measured on the first 100 Flickr8k test photos, 89 guided and 93
 # unguided captions are float32's (93 and 92 of the first 100 coco-2733
 # photos), and the log-probabilities of those differ by at most 0.094.
-SAME_CAPTIONS = 0.8  # at least this share of the photos get float32's caption
+SAME_CAPTIONS = 0.85  # at least this share of the photos get float32's caption
 LOGPROB_BOUND = 0.25  # |int8 - float32| log-probability of a caption both give
-N_PHOTOS = 24
+N_PHOTOS = 100
 
 
 @pytest.fixture(scope="module")

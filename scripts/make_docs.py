@@ -270,10 +270,12 @@ def _evaluate(flags: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _default_decoding() -> str:
-    """caption()'s default decoding of the bundled model, in words."""
+def _decoding(decoding: str | None) -> str:
+    """A row's decoding in words; None: caption()'s default decoding of the bundled model."""
     cap = _captioner()
     d = cap.defaults
+    if decoding is not None:
+        return f"{decoding}, {cap.decoder_precision} decoder"
     return (f"beam {d.beam_size}, guided (threshold {d.guidance_threshold:g}, fallback {d.guidance_fallback:g}), "
             f"length penalty {d.length_penalty:g}, {cap.decoder_precision} decoder: the default")
 
@@ -297,7 +299,7 @@ def results() -> str:
     for photos, decoding, flags in RESULT_ROWS:
         r = _evaluate(flags)
         cells = [f"{r[k]:.1f}" if r.get(k) is not None else "-" for k in ("bleu4", "meteor", "rouge_l", "cider")]
-        lines.append(f"| {photos} | {decoding or _default_decoding()} | {' | '.join(cells)} | {r['distinct_captions']:.1f} % | "
+        lines.append(f"| {photos} | {_decoding(decoding)} | {' | '.join(cells)} | {r['distinct_captions']:.1f} % | "
                      f"`{' '.join(flags)}` |")
     return "\n".join(lines) + "\n"
 

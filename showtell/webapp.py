@@ -336,6 +336,8 @@ def _decoding_text(scores: dict) -> str:
                      (f" (set aside {fallback:g} a word below unguided)" if fallback is not None else ""))
     if "length_penalty" in scores:
         parts.append(f"length penalty {scores['length_penalty']:g}")
+    if "decoder_precision" in scores:
+        parts.append(f"{scores['decoder_precision']} decoder")
     return ", ".join(parts)
 
 

@@ -136,7 +136,8 @@ def test_training_defaults_to_the_attention_decoder():
 
 
 def test_model_card_names_every_score_and_the_data_used(tmp_path):
-    scores = {"beam_size": 3, "guidance_threshold": 0.8, "length_penalty": 1.0, "images": 1000, "bleu4": 21.65,
+    scores = {"beam_size": 3, "guidance_threshold": 0.8, "length_penalty": 1.0, "decoder_precision": "int8",
+              "images": 1000, "bleu4": 21.65,
               "cider": 52.85, "meteor": None, "rouge_l": 46.31, "distinct_captions": 82.0, "mean_length": 9.9}
     path = _tiny_checkpoint(tmp_path / "m.pt", val_scores={"bleu4": 5.0, "cider": 1.4, "distinct_captions": 0.1},
                             test_scores=scores)
@@ -144,7 +145,7 @@ def test_model_card_names_every_score_and_the_data_used(tmp_path):
     assert "Flickr8k, train split: the first 300 of its 6,000 photos (--max-images 300)" in card
     assert "CIDEr-D 1.4" in card and "distinct captions 0.1 %" in card
     assert ("BLEU-4 21.6, CIDEr-D 52.9, ROUGE-L 46.3, distinct captions 82.0 %, mean caption length 9.9 words "
-            "(1,000 photos, beam 3, guided at 0.8, length penalty 1)") in card
+            "(1,000 photos, beam 3, guided at 0.8, length penalty 1, int8 decoder)") in card
     for raw in ("CIDER", "DISTINCT", "ROUGE_L", "MEAN_LENGTH", "bleu4", "beam_size"):
         assert raw not in card, raw
 

@@ -13,7 +13,7 @@ _LAZY = {"caption": "captioner", "Captioner": "captioner", "ScoredCaption": "cap
          "BUNDLED_MODEL": "captioner", "ImageError": "images"}
 
 __all__ = ["caption", "Captioner", "ScoredCaption", "ImageError", "BUNDLED_MODEL"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):

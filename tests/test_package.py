@@ -86,7 +86,7 @@ def test_wheel_holds_the_bundled_model_the_command_and_the_dependencies(wheel):
         entry_points = z.read(f"{dist}/entry_points.txt").decode()
         metadata = z.read(f"{dist}/METADATA").decode()
     assert "[console_scripts]" in entry_points and "showtell = showtell.cli:main" in entry_points
-    assert "Version: 0.2.0" in metadata and "Requires-Python: >=3.10" in metadata
+    assert "Version: 0.3.0" in metadata and "Requires-Python: >=3.10" in metadata
     # The runtime dependencies are requirements.txt's, line for line.
     with open(os.path.join(ROOT, "requirements.txt")) as f:
         pins = [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]

@@ -43,6 +43,13 @@ def random_decoder(decoder: str):
         dec.out.bias[END] = -1.0
     return dec
 
+def random_features(decoder, n: int, seed: int) -> torch.Tensor:
+    """``n`` seeded rows of the features ``decoder`` reads (random_decoder's sizes):
+    (n, 10) pooled or (n, 6, 10) spatial."""
+    torch.manual_seed(seed)
+    return torch.randn(n, 10) if decoder.feature_kind == "pooled" else torch.randn(n, 6, 10)
+
+
 WORDS = ["a", "dog", "cat", "man", "woman", "runs", "sits", "on", "the", "grass", "beach", "red", "ball", "with"]
 
 

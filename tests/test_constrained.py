@@ -10,7 +10,7 @@ from showtell.constrained import MAX_CONSTRAINTS, constrained_beam_search
 from showtell.decoders import DECODERS
 from showtell.decoding import DecodeOptions, beam_search
 
-from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder  # noqa: F401
+from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder, random_features  # noqa: F401
 
 V = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,8 +102,7 @@ def test_length_penalty_ranks_constrained_captions_too():
 @pytest.mark.parametrize("decoder", list(DECODERS))
 def test_batched_equals_one_by_one_and_unconstrained_rows_equal_beam_search(decoder):
     dec = random_decoder(decoder)
-    torch.manual_seed(1)
-    feats = torch.randn(5, 10) if dec.feature_kind == "pooled" else torch.randn(5, 6, 10)
+    feats = random_features(dec, 5, seed=1)
     opts = DecodeOptions(beam_size=4, n_best=3, max_len=8)
     constraints = [[(7,)], [], [(11, 12), (20,)], [], [(25,)]]
     together = constrained_beam_search(dec, feats, opts, END, START, UNK, constraints)
@@ -139,8 +138,7 @@ def test_one_image_searched_twice_through_source_equals_two_copies_of_it(decoder
     # constraints; ``source`` lets both searches read one row of features
     # (projected once) and must find what two copies of the row would.
     dec = random_decoder(decoder)
-    torch.manual_seed(2)
-    feats = torch.randn(2, 10) if dec.feature_kind == "pooled" else torch.randn(2, 6, 10)
+    feats = random_features(dec, 2, seed=2)
     opts = DecodeOptions(beam_size=3, n_best=2, max_len=8)
     constraints = [[(7,)], [(11, 12)], [], []]
     copies = beam_search(dec, feats[[0, 1, 0, 1]], opts, END, START, UNK, constraints)
@@ -174,8 +172,7 @@ def test_images_with_nothing_left_to_search_leave_the_batch_and_change_no_captio
         def reorder_state(self, state, order):
             return dec.reorder_state(state, order)
 
-    torch.manual_seed(3)
-    feats = torch.randn(8, 10) if dec.feature_kind == "pooled" else torch.randn(8, 6, 10)
+    feats = random_features(dec, 8, seed=3)
     opts = DecodeOptions(beam_size=3, n_best=2, max_len=12)
     constraints = [[(7,)], [], [(11, 12)], [], [], [(25,)], [], []]
     together = beam_search(Counting(), feats, opts, END, START, UNK, constraints)

@@ -6,7 +6,7 @@ import torch
 from showtell.decoders import DECODERS
 from showtell.decoding import DecodeOptions, beam_search, greedy_decode
 
-from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder  # noqa: F401
+from synthetic import END, PAD, START, UNK, ScriptedDecoder, random_decoder, random_features  # noqa: F401
 
 V = 12
 
@@ -83,8 +83,7 @@ def test_min_len_delays_end():
 @pytest.mark.parametrize("decoder", list(DECODERS))
 def test_n_best_sorted_distinct_and_batch_equals_one_by_one(decoder):
     dec = random_decoder(decoder)
-    torch.manual_seed(1)
-    feats = torch.randn(5, 10) if dec.feature_kind == "pooled" else torch.randn(5, 6, 10)
+    feats = random_features(dec, 5, seed=1)
     opts = DecodeOptions(beam_size=5, n_best=4, max_len=8)
     together = beam_search(dec, feats, opts, END, START, UNK)
     for i, per in enumerate(together):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import os
 import pickle
 from typing import Callable, NamedTuple
@@ -94,6 +95,27 @@ class ImageEncoder(nn.Module):
         """(B, 3, H, W) -> pooled (B, C) and spatial (B, P, C) features."""
         return EncoderOutput.of_map(self.body(images))
 
+    def trunk(self) -> "ImageEncoder":
+        """Every stage before the last, as an encoder of its own whose map
+        (B, C', h, w) comes out as spatial rows (B, P, C'). Training with a
+        fine-tuned last stage caches these rows like frozen features, since
+        the trunk never trains, and runs only the last stage on them
+        (:meth:`from_trunk`): on a CPU an epoch then costs minutes, not the
+        ~50 of a full forward pass per caption. The trunk shares this
+        encoder's modules; its cache key is its own name and these weights'."""
+        return ImageEncoder(f"{self.name}.trunk", _Trunk(self.body), self.body.trunk_channels, [], None,
+                            self.preprocessing, self.weights_id,
+                            lambda trunk: self._conv_bn_pairs(trunk.body), self._inference_tweaks)
+
+    def from_trunk(self, rows: torch.Tensor) -> EncoderOutput:
+        """This encoder's output from its :meth:`trunk`'s spatial rows (B, P, C'),
+        through the last stage (with gradients where it trains)."""
+        b, p, c = rows.shape
+        side = math.isqrt(p)
+        if side * side != p:
+            raise ValueError(f"trunk rows of {p} positions are not a square map")
+        return EncoderOutput.of_map(self.body.head(rows.transpose(1, 2).reshape(b, c, side, side)))
+
     def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """ImageNet logits (B, 1000) from pooled features (B, C): the encoder's own tags."""
         if self.classifier is None:
@@ -143,7 +165,35 @@ class ImageEncoder(nn.Module):
         return enc.to(memory_format=torch.channels_last)
 
 
+class _Trunk(nn.Module):
+    """The part of an encoder body before its last stage (:meth:`ImageEncoder.trunk`)."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.trunk(x)
+
+
 # --- ResNet (torchvision) -------------------------------------------------------
+
+class _ResNetBody(nn.Sequential):
+    """conv1 .. layer4 (the state dict of the plain Sequential it always was);
+    its trunk is everything before layer4, the last stage."""
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        for module in list(self)[:-1]:
+            x = module(x)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self[-1](x)
+
+    @property
+    def trunk_channels(self) -> int:
+        return self[-1][0].conv1.in_channels
+
 
 _RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -177,8 +227,8 @@ def _build_resnet(name: str, weights: str | None) -> ImageEncoder:
     t = enum.transforms()  # the weights' own preprocessing metadata
     prep = Preprocessing(size=(t.crop_size[0], t.crop_size[0]), mean=tuple(t.mean), std=tuple(t.std),
                          interpolation=t.interpolation.value)
-    body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
-                         model.layer1, model.layer2, model.layer3, model.layer4)
+    body = _ResNetBody(model.conv1, model.bn1, model.relu, model.maxpool,
+                       model.layer1, model.layer2, model.layer3, model.layer4)
     return ImageEncoder(name, body, model.fc.in_features, [model.layer4], model.fc, prep,
                         weights_id, _resnet_pairs)
 
@@ -190,8 +240,31 @@ class _EfficientNetBody(nn.Module):
         super().__init__()
         self.net = net
 
+    # net.extract_features(x), in two parts: the trunk (stem and every block
+    # but the last) and the head (the last block and the head convolution),
+    # the last stage that --fine-tune-encoder trains.
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)  # (B, 1280, 7, 7) for 224x224 input
+        return self.head(self.trunk(x))  # (B, 1280, 7, 7) for 224x224 input
+
+    def _drop_connect(self, idx: int) -> float:
+        rate = self.net._global_params.drop_connect_rate
+        return rate * float(idx) / len(self.net._blocks) if rate else rate
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for idx, block in enumerate(net._blocks[:-1]):
+            x = block(x, drop_connect_rate=self._drop_connect(idx))
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._blocks[-1](x, drop_connect_rate=self._drop_connect(len(net._blocks) - 1))
+        return net._swish(net._bn1(net._conv_head(x)))
+
+    @property
+    def trunk_channels(self) -> int:
+        return self.net._blocks[-1]._block_args.input_filters
 
 
 def _efficientnet_pairs(body: nn.Module) -> list[tuple[nn.Module, str, str]]:

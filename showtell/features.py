@@ -258,6 +258,23 @@ def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Seque
                      mirrored=mirrored)
 
 
+def trunk_features(encoder: ImageEncoder, dataset: str, split: str, items: Sequence[ImageCaptions],
+                   cache: "FeatureCache", device: str | torch.device = "cpu", progress: bool = True,
+                   mirrored: bool = False) -> FeatureSet:
+    """For an encoder whose last stage is being fine-tuned, the features of
+    the part that is not (:meth:`~showtell.encoders.ImageEncoder.trunk`: its
+    map as spatial rows), cached like a frozen encoder's: the trunk's weights
+    are the ones the encoder names. Random weights name nothing, so theirs
+    go in a throwaway cache. ``mirrored``: see :meth:`FeatureCache.get`."""
+    trunk = encoder.trunk()
+    if trunk.weights_id == "random":
+        with tempfile.TemporaryDirectory() as tmp:
+            fs = FeatureCache(tmp).get(dataset, split, items, trunk, device=device, progress=progress,
+                                       mirrored=mirrored)
+            return FeatureSet(fs.items, np.array(fs.pooled), np.array(fs.spatial), fs.skipped)
+    return cache.get(dataset, split, items, trunk, device=device, progress=progress, mirrored=mirrored)
+
+
 def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
               mirror_average: bool = False, mirrored: bool = False) -> str:
     h = hashlib.sha256()

@@ -1,5 +1,6 @@
 """The training loop: cross-entropy or self-critical training on cached encoder
-features (or on images, when the encoder's last stage is fine-tuned),
+features (when the encoder's last stage is fine-tuned, the cached features of
+the part before it, run through the last stage at every step),
 validation every epoch, best-checkpoint selection by CIDEr-D, early stopping
 and exact resumption.
 
@@ -16,7 +17,7 @@ Under ``torchrun`` each process takes its slice of every batch and rank 0
 alone builds the feature cache, validates and writes (see showtell.distributed).
 
 The loop reads top to bottom (after nanoGPT's ``train.py``): :func:`restore_or_init`,
-a :class:`BatchSource` that hides cached features versus images,
+a :class:`BatchSource` that reads batches of cached feature rows,
 :func:`train_step` (the very function ``benchmarks/bench_train_epoch.py`` times)
 and :func:`end_epoch` (validate, select, save).
 """
@@ -28,7 +29,6 @@ import json
 import os
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -44,7 +44,7 @@ from .decoding import DecodeOptions
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .runfolder import RunLock, refuse_finished_run
 from .evaluation import caption_features, score_captions
-from .features import ConcatRows, FeatureCache, FeatureSet, ImageTensors, collate_images, split_features
+from .features import ConcatRows, FeatureCache, FeatureSet, split_features, trunk_features
 from .metrics import CiderD, caption_statistics
 from .model import CaptionModel
 from .objectives import CrossEntropy, SelfCritical
@@ -144,25 +144,24 @@ def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
 
 @dataclass
 class Batch:
-    """One training step's input. ``features`` are what the decoder reads
-    (filled in from ``images`` by the encoder when it is being fine-tuned)."""
+    """One training step's input. ``features`` are what the decoder reads, or,
+    when the encoder's last stage is being fine-tuned, what that stage reads
+    (the trunk's spatial rows, :meth:`~showtell.encoders.ImageEncoder.from_trunk`)."""
 
     size: int  # captions (cross-entropy) or images (self-critical)
     captions: torch.Tensor | None = None  # (B, T) ids, cross-entropy
     image_index: torch.Tensor | None = None  # (B,) rows of the training items, self-critical
     features: torch.Tensor | None = None  # (B, C) or (B, P, C)
-    images: torch.Tensor | None = None  # (B, 3, H, W), fine-tuning only
-    skipped: int = 0  # rows dropped because their image could not be read
 
     def to(self, device: torch.device) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)
         return dataclasses.replace(self, captions=move(self.captions), image_index=self.image_index,
-                                   features=move(self.features), images=move(self.images))
+                                   features=move(self.features))
 
 
 class _EpochRows(Dataset):
     """Batch ``b`` of an epoch, read when asked: feature rows straight from the
-    memory-mapped cache (never the whole split in memory), or images."""
+    memory-mapped cache (never the whole split in memory)."""
 
     def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor | None]], source: "BatchSource"):
         self.batches, self.source = batches, source
@@ -175,7 +174,9 @@ class _EpochRows(Dataset):
 
 
 class BatchSource:
-    """The batches of every epoch, whether from cached features or from images.
+    """The batches of every epoch, read from cached features: what the
+    decoder reads, or the trunk's spatial rows when the encoder's last stage
+    is fine-tuned (:func:`~showtell.features.trunk_features`).
 
     Cross-entropy batches are caption rows grouped by length; self-critical
     batches are images (each with all its references). Either way the order is
@@ -183,22 +184,23 @@ class BatchSource:
     ``weights``: (number of images, sampling weight) of each dataset, in the
     order their items follow one another in ``items`` (None: one dataset).
     ``mirrored``: the features of the same photos' mirror images, which a row
-    reads instead with probability ``mirror_augment`` (drawn per epoch from the seed)."""
+    reads instead with probability ``mirror_augment`` (drawn per epoch from the seed).
+    ``fine_tune``: the features are a trunk's, whose map (the spatial rows) the
+    encoder's last stage reads at each step."""
 
-    def __init__(self, model: CaptionModel, items: list[ImageCaptions], features: FeatureSet | None,
+    def __init__(self, model: CaptionModel, items: list[ImageCaptions], features: FeatureSet,
                  per_image: bool, max_caption_len: int, batch_size: int, seed: int, device: torch.device,
                  dist: Distributed = Distributed(), weights: list[tuple[int, float]] | None = None,
-                 mirror_augment: float = 0.0, mirrored: FeatureSet | None = None):
+                 mirror_augment: float = 0.0, mirrored: FeatureSet | None = None, fine_tune: bool = False):
         self.items, self.per_image = items, per_image
         self.mirror_augment = mirror_augment
-        if mirror_augment and features is not None:
+        if mirror_augment:
             if mirrored is None or [it.image_id for it in mirrored.items] != [it.image_id for it in features.items]:
                 raise ValueError("mirror_augment needs the mirrored features of the same photos")
-        self.mirror_feats = None if mirrored is None else mirrored.for_decoder(model.feature_kind)
+        kind = "spatial" if fine_tune else model.feature_kind
+        self.mirror_feats = None if mirrored is None else mirrored.for_decoder(kind)
         self.batch_size, self.seed, self.device, self.dist = batch_size, seed, device, dist
-        self.fine_tune = features is None
-        self.feats = None if features is None else features.for_decoder(model.feature_kind)  # rows read from disk
-        self.images = ImageTensors(items, model.preprocessing) if self.fine_tune else None
+        self.feats = features.for_decoder(kind)  # rows read from disk
         if per_image:
             self.lengths = torch.zeros(len(items), dtype=torch.long)
         else:
@@ -233,25 +235,14 @@ class BatchSource:
         """The batch of ``rows``; ``mirror`` (bool per row) picks rows whose photo is read mirrored."""
         images_of_rows = rows if self.per_image else self.image_of[rows]
         batch = Batch(size=len(rows))
-        if self.fine_tune:
-            loaded = [self.images[int(i)] for i in images_of_rows]
-            keep = torch.tensor([j for j, (_, x, _) in enumerate(loaded) if x is not None], dtype=torch.long)
-            _, batch.images, failed = collate_images(loaded)
-            batch.skipped = len(failed)
-            rows, images_of_rows = rows[keep], images_of_rows[keep]
-            batch.size = len(rows)
-            if mirror is not None and len(keep) and mirror[keep].any():
-                flip = mirror[keep]
-                batch.images[flip] = batch.images[flip].flip(-1)  # (b, 3, H, W) left to right
-        else:
-            # Read each needed image's row once, in file order.
-            unique, inverse = np.unique(images_of_rows.numpy(), return_inverse=True)
-            batch.features = torch.from_numpy(np.asarray(self.feats[unique], dtype=np.float32))[inverse]
-            if mirror is not None and mirror.any():
-                flip = mirror.numpy()
-                unique, inverse = np.unique(images_of_rows.numpy()[flip], return_inverse=True)
-                batch.features[torch.from_numpy(flip)] = torch.from_numpy(
-                    np.asarray(self.mirror_feats[unique], dtype=np.float32))[inverse]
+        # Read each needed image's row once, in file order.
+        unique, inverse = np.unique(images_of_rows.numpy(), return_inverse=True)
+        batch.features = torch.from_numpy(np.asarray(self.feats[unique], dtype=np.float32))[inverse]
+        if mirror is not None and mirror.any():
+            flip = mirror.numpy()
+            unique, inverse = np.unique(images_of_rows.numpy()[flip], return_inverse=True)
+            batch.features[torch.from_numpy(flip)] = torch.from_numpy(
+                np.asarray(self.mirror_feats[unique], dtype=np.float32))[inverse]
         if self.per_image:
             batch.image_index = images_of_rows
         else:
@@ -266,7 +257,7 @@ class BatchSource:
         flags = self.mirror_flags(epoch, batches)
         rows = _EpochRows([(self.dist.share(b), None if f is None else self.dist.share(f))
                            for b, f in zip(batches[start:], flags[start:])], self)
-        workers = loader_workers() if (self.fine_tune or self.device.type == "cuda") else 0
+        workers = loader_workers() if self.device.type == "cuda" else 0
         return iter(DataLoader(rows, batch_size=None, shuffle=False, num_workers=workers,
                                pin_memory=self.device.type == "cuda", generator=torch.Generator(),
                                persistent_workers=False, prefetch_factor=4 if workers else None))
@@ -318,8 +309,8 @@ def train_step(model: CaptionModel, objective, batch: Batch, opt: Optimisation,
     sums = None
     if batch.size:
         with torch.autocast(opt.device.type, dtype=torch.float16, enabled=opt.amp):
-            if batch.features is None:
-                batch.features = model.encode(batch.images)
+            if model.encoder.trainable():  # the trunk's rows through the last stage being trained
+                batch.features = model.encoder.from_trunk(batch.features).for_decoder(model.feature_kind)
             sums, counts = objective.parts(model, batch)
     else:  # a rank whose slice is empty still takes part in the sums
         counts = torch.zeros(objective.n_parts, device=opt.device)
@@ -440,7 +431,11 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
         log(f"starting a new run in {out_dir}, replacing the run there (--resume would continue it)")
     if ckpt is None and init_from:
         start_from = load_checkpoint(init_from)
-        model_cfg = config_from_dict(ModelConfig, start_from["model_config"])
+        # The architecture is the checkpoint's; whether the encoder's last stage
+        # trains too is this run's choice (--fine-tune-encoder after cross-entropy).
+        started = config_from_dict(ModelConfig, start_from["model_config"])
+        model_cfg = dataclasses.replace(
+            started, fine_tune_encoder=model_cfg.fine_tune_encoder or started.fine_tune_encoder)
         log(f"starting from the model in {init_from} ({model_cfg.decoder} on {model_cfg.encoder})")
 
     train_items = train_items_of(data_cfg)  # one list per dataset
@@ -459,6 +454,9 @@ def restore_or_init(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: Tra
         model = CaptionModel.from_checkpoint(source, device, allow_download=encoder_weights == "default",
                                              encoder_weights=None if encoder_weights in (None, "default")
                                              else encoder_weights)
+        if model.cfg != model_cfg:  # --init-from with --fine-tune-encoder
+            model.cfg = model_cfg
+            model.encoder.freeze(fine_tune_last_stage=model_cfg.fine_tune_encoder)
     else:
         model = CaptionModel.build(model_cfg, vocab, encoder_weights=encoder_weights).to(device)
     dist.sync_parameters(model)
@@ -507,6 +505,24 @@ def validate(model: CaptionModel, val: FeatureSet, cider: CiderD, cfg: TrainConf
     scores["cider"] = 100.0 * cider.score(captions, [[tokenize(c) for c in it.captions] for it in val.items])[0]
     scores.update(caption_statistics(captions))  # distinct captions (%): a collapse shows here first
     return scores
+
+
+def through_last_stage(model: CaptionModel, trunk: FeatureSet, device: torch.device,
+                       batch_size: int = 256) -> FeatureSet:
+    """The features of a model whose encoder's last stage is being fine-tuned,
+    from its trunk's cached rows (:func:`~showtell.features.trunk_features`)
+    through that stage as it stands now, in eval mode: what validation reads."""
+    was_training = model.training
+    model.eval()
+    pooled, spatial = [], []
+    with torch.no_grad():
+        for i in range(0, len(trunk.items), batch_size):
+            rows = torch.from_numpy(np.asarray(trunk.spatial[i:i + batch_size], dtype=np.float32)).to(device)
+            out = model.encoder.from_trunk(rows)
+            pooled.append(out.pooled.float().cpu())
+            spatial.append(out.spatial.half().cpu())
+    model.train(was_training)
+    return FeatureSet(trunk.items, torch.cat(pooled).numpy(), torch.cat(spatial).numpy(), trunk.skipped)
 
 
 def combine_scores(by_dataset: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -603,36 +619,34 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
     if cfg.val_max_images:
         val_items = [items[:cfg.val_max_images] for items in val_items]
     cache = FeatureCache(cache_dir)
+    # A fine-tuned last stage trains on the cached features of the trunk before it.
     fine_tune = model.encoder.trainable()
-    features_of = lambda s, split, items, show, mirrored=False: split_features(
+    features_of = lambda s, split, items, show, mirrored=False: (trunk_features if fine_tune else split_features)(
         model.encoder, s.name, split, items, cache, device=device, progress=show, mirrored=mirrored)
-    val_features = lambda: [features_of(s, data_cfg.val_split, items, progress and not fine_tune)
-                            for s, items in zip(sources, val_items)]
+    val_features = lambda: [through_last_stage(model, fs, device) if fine_tune else fs for fs in
+                            (features_of(s, data_cfg.val_split, items, progress) for s, items in zip(sources, val_items))]
     train_features = lambda show, mirrored=False: [features_of(s, data_cfg.train_split, items, show, mirrored)
                                                    for s, items in zip(sources, train_items)]
     join = lambda sets: sets[0] if len(sets) == 1 else FeatureSet(
         [it for fs in sets for it in fs.items], ConcatRows([fs.pooled for fs in sets]),
         ConcatRows([fs.spatial for fs in sets]), [x for fs in sets for x in fs.skipped])
     mirrored = None
-    if fine_tune:
-        parts, kept = train_items, [it for items in train_items for it in items]  # unreadable: dropped per batch
-        train_feats = None
-    else:
-        # Rank 0 builds the cache (train, its mirror images for mirror_augment, and val)
-        # while the others wait, then they read it.
-        if dist.is_main:
-            parts = train_features(progress)
-            if cfg.mirror_augment:
-                mirrored = join(train_features(progress, mirrored=True))
-            val_features()
-        dist.barrier()
-        if not dist.is_main:
-            parts = train_features(False)
-            if cfg.mirror_augment:
-                mirrored = join(train_features(False, mirrored=True))
-        train_feats = join(parts)
-        parts = [fs.items for fs in parts]
-        kept = train_feats.items
+    # Rank 0 builds the cache (train, its mirror images for mirror_augment, and val)
+    # while the others wait, then they read it.
+    if dist.is_main:
+        parts = train_features(progress)
+        if cfg.mirror_augment:
+            mirrored = join(train_features(progress, mirrored=True))
+        for s, items in zip(sources, val_items):
+            features_of(s, data_cfg.val_split, items, progress)
+    dist.barrier()
+    if not dist.is_main:
+        parts = train_features(False)
+        if cfg.mirror_augment:
+            mirrored = join(train_features(False, mirrored=True))
+    train_feats = join(parts)
+    parts = [fs.items for fs in parts]
+    kept = train_feats.items
     # CIDEr-D with each dataset's own document frequencies, for validation and self-critical rewards.
     ciders = [CiderD([[tokenize(c) for c in it.captions] for it in items]) for items in parts]
     objective = make_objective(cfg, model, ciders[0] if len(ciders) == 1 else PerDatasetCider(ciders))
@@ -640,7 +654,7 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
     source = BatchSource(model, kept, train_feats, per_image=cfg.objective == "scst",
                          max_caption_len=data_cfg.max_caption_len, batch_size=cfg.batch_size, seed=cfg.seed,
                          device=device, dist=dist, weights=weights if len(sources) > 1 else None,
-                         mirror_augment=cfg.mirror_augment, mirrored=mirrored)
+                         mirror_augment=cfg.mirror_augment, mirrored=mirrored, fine_tune=fine_tune)
     if run.resumed is None:
         unit = "images" if cfg.objective == "scst" else "captions"
         ranks = f" on {dist.world} processes" if dist.active else ""
@@ -661,11 +675,9 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
         start = state["step"]  # > 0 when resuming mid-epoch
         objective.begin_epoch(epoch)
         model.train()
-        skipped = 0
         bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False)
         for b, batch in enumerate(source.batches(epoch, start), start):
-            skipped += batch.skipped
             try:
                 loss, size = train_step(model, objective, batch, run.opt, dist)
             except FloatingPointError as e:
@@ -678,8 +690,6 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
             if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and state["step"] < n_batches:
                 run.save_last()
         bar.close()
-        if skipped:
-            warnings.warn(f"epoch {epoch + 1}: skipped {skipped} captions whose image is missing or unreadable")
         train_seconds = time.time() - t_epoch
         # Rank 0 validates while the others wait for its scores: one decision for all.
         scores = validate_all() if dist.is_main else None

@@ -26,7 +26,7 @@ FIELD_HELP = {  # config field -> its flag's help (the default is added)
                 "Replaces --dataset and its paths; one vocabulary over all, best.pt by the mean val score",
     "encoder": "the image encoder",
     "decoder": "show_tell (NIC) or show_attend_tell (soft attention)",
-    "fine_tune_encoder": "also train the encoder's last stage (no feature cache; slow on CPU)",
+    "fine_tune_encoder": "also train the encoder's last stage (on cached features of the layers before it)",
     "checkpoint_every": "steps between mid-epoch checkpoints (0: end of each epoch only)",
     "early_stop_patience": "stop after this many epochs without a better val score (--select-metric)",
     "select_metric": "what picks best.pt and early stopping: cider (CIDEr-D) or bleu4",

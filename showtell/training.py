@@ -251,8 +251,7 @@ class BatchSource:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """This rank's share of the batches of ``epoch`` from batch ``start``
-        on, prefetched by DataLoader workers where it pays (images, or a GPU
-        to keep busy)."""
+        on, prefetched by DataLoader workers where it pays (a GPU to keep busy)."""
         batches = self.epoch(epoch)
         flags = self.mirror_flags(epoch, batches)
         rows = _EpochRows([(self.dist.share(b), None if f is None else self.dist.share(f))

@@ -48,10 +48,15 @@ def _spawn(worker, *args) -> None:
                 raise
 
 
-def _join(rank: int, world: int, port: int) -> Distributed:
+def _environment(rank: int, world: int, port: int) -> None:
+    """What torchrun gives each process: the group's address, size and rank."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def _join(rank: int, world: int, port: int) -> Distributed:
+    _environment(rank, world, port)
     return setup_distributed(torch.device("cpu"))[0]
 
 
@@ -125,8 +130,11 @@ def test_self_critical_training_on_two_ranks_keeps_them_in_step(tmp_path):
 
 
 def _train_worker(rank, world, port, cfgs, out, resume, snapshots):
-    dist = _join(rank, world, port)
-    teardown_distributed(dist)  # train() joins the group itself, from the same environment
+    # train() joins the group itself, from the environment. (Joining here
+    # first and leaving made the ranks meet twice on one port; once in a
+    # fresh clone's run rank 0 waited to bind the port again while rank 1
+    # waited for it, for ever.)
+    _environment(rank, world, port)
     if snapshots:
         save = training.save_checkpoint
 

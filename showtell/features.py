@@ -249,11 +249,8 @@ def split_features(encoder: ImageEncoder, dataset: str, split: str, items: Seque
     encoder; computed afresh (in a throwaway cache) for one being fine-tuned,
     whose features change every epoch. ``mirror_average``, ``mirrored``: see :meth:`FeatureCache.get`."""
     if encoder.trainable():
-        with tempfile.TemporaryDirectory() as tmp:
-            fs = FeatureCache(tmp).get(dataset, split, items, encoder, device=device, progress=progress,
-                                       mirror_average=mirror_average, mirrored=mirrored)
-            # Copied out of the memory map: the folder is gone when this returns.
-            return FeatureSet(fs.items, np.array(fs.pooled), np.array(fs.spatial), fs.skipped)
+        return _uncached(dataset, split, items, encoder, device=device, progress=progress,
+                         mirror_average=mirror_average, mirrored=mirrored)
     return cache.get(dataset, split, items, encoder, device=device, progress=progress, mirror_average=mirror_average,
                      mirrored=mirrored)
 
@@ -268,11 +265,18 @@ def trunk_features(encoder: ImageEncoder, dataset: str, split: str, items: Seque
     go in a throwaway cache. ``mirrored``: see :meth:`FeatureCache.get`."""
     trunk = encoder.trunk()
     if trunk.weights_id == "random":
-        with tempfile.TemporaryDirectory() as tmp:
-            fs = FeatureCache(tmp).get(dataset, split, items, trunk, device=device, progress=progress,
-                                       mirrored=mirrored)
-            return FeatureSet(fs.items, np.array(fs.pooled), np.array(fs.spatial), fs.skipped)
+        return _uncached(dataset, split, items, trunk, device=device, progress=progress, mirrored=mirrored)
     return cache.get(dataset, split, items, trunk, device=device, progress=progress, mirrored=mirrored)
+
+
+def _uncached(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,
+              **options) -> FeatureSet:
+    """Features computed in a throwaway cache (``options`` as for :meth:`FeatureCache.get`),
+    for weights no cache key can name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fs = FeatureCache(tmp).get(dataset, split, items, encoder, **options)
+        # Copied out of the memory map: the folder is gone when this returns.
+        return FeatureSet(fs.items, np.array(fs.pooled), np.array(fs.spatial), fs.skipped)
 
 
 def cache_key(dataset: str, split: str, items: Sequence[ImageCaptions], encoder: ImageEncoder,

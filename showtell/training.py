@@ -622,8 +622,8 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
     fine_tune = model.encoder.trainable()
     features_of = lambda s, split, items, show, mirrored=False: (trunk_features if fine_tune else split_features)(
         model.encoder, s.name, split, items, cache, device=device, progress=show, mirrored=mirrored)
-    val_features = lambda: [through_last_stage(model, fs, device) if fine_tune else fs for fs in
-                            (features_of(s, data_cfg.val_split, items, progress) for s, items in zip(sources, val_items))]
+    val_sets = lambda: [features_of(s, data_cfg.val_split, items, progress) for s, items in zip(sources, val_items)]
+    val_features = lambda: [through_last_stage(model, fs, device) if fine_tune else fs for fs in val_sets()]
     train_features = lambda show, mirrored=False: [features_of(s, data_cfg.train_split, items, show, mirrored)
                                                    for s, items in zip(sources, train_items)]
     join = lambda sets: sets[0] if len(sets) == 1 else FeatureSet(
@@ -636,8 +636,7 @@ def _train(model_cfg, data_cfg, train_cfg, out_dir, *, resume, init_from, encode
         parts = train_features(progress)
         if cfg.mirror_augment:
             mirrored = join(train_features(progress, mirrored=True))
-        for s, items in zip(sources, val_items):
-            features_of(s, data_cfg.val_split, items, progress)
+        val_sets()
     dist.barrier()
     if not dist.is_main:
         parts = train_features(False)
